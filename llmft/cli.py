@@ -1,0 +1,253 @@
+"""The `llmft` command line. Subcommands stay thin: they parse arguments and call one function.
+
+Every command that takes a CONFIG also takes `key.sub=value` overrides after it. A user error
+(`LlmftError`) is printed as one paragraph on stderr with exit status 2, never a traceback.
+Heavy libraries are imported inside the commands so that `llmft --help` is instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import textwrap
+
+import click
+
+from llmft.errors import LlmftError
+
+CONFIG_ARGS = [
+    click.argument("config", type=click.Path(dir_okay=False)),
+    click.argument("overrides", nargs=-1),
+]
+
+
+def _with_config(func):
+    for decorator in reversed(CONFIG_ARGS):
+        func = decorator(func)
+    return func
+
+
+def _user_errors(func):
+    """Turn `LlmftError` into a clear message and exit 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except LlmftError as exc:
+            message = textwrap.fill(str(exc), width=100, break_long_words=False, break_on_hyphens=False)
+            click.echo(f"error: {message}", err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="llmft")
+def main() -> None:
+    """llmft: full-parameter fine-tuning of Llama-architecture models with Ray Train and DeepSpeed ZeRO.
+
+    Overrides: every command taking CONFIG accepts `key.sub=value` pairs after it,
+    e.g. `llmft train configs/viggo/tiny-cpu.yaml training.learning_rate=1e-4`.
+    """
+
+
+@main.command()
+@_with_config
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@_user_errors
+def validate(config, overrides, as_json):
+    """Check CONFIG and print it resolved, with derived values and the DeepSpeed JSON."""
+    from llmft.config import load_config
+    from llmft.validate import describe
+
+    cfg = load_config(config, overrides)
+    report = describe(cfg)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        from llmft.validate import print_report
+
+        print_report(report)
+
+
+@main.command()
+@_with_config
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@_user_errors
+def prepare(config, overrides, as_json):
+    """Check, tokenize and cache the data of CONFIG, and report on it (OpenAI prepare_data and more)."""
+    from llmft.config import load_config
+    from llmft.data.prepare import run_prepare
+
+    run_prepare(load_config(config, overrides), as_json=as_json)
+
+
+@main.command()
+@_with_config
+@click.option("--address", default=None, help="Ray address (default: $RAY_ADDRESS, else an embedded local Ray on 127.0.0.1).")
+@click.option("--resume", default=None, help="`latest` or a checkpoint path to resume from.")
+@_user_errors
+def train(config, overrides, address, resume):
+    """Fine-tune the model of CONFIG with Ray Train workers and DeepSpeed ZeRO."""
+    from llmft.config import load_config
+    from llmft.train.driver import run_training
+
+    run_training(load_config(config, overrides), address=address, resume=resume)
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the Hugging Face model.")
+@_user_errors
+def export(checkpoint, out):
+    """Write CHECKPOINT as a consolidated Hugging Face model folder."""
+    from llmft.checkpoint import export_checkpoint
+
+    export_checkpoint(checkpoint, out)
+
+
+@main.command("eval")
+@_with_config
+@click.option("--model", "model_path", default=None, help="Model hub id or folder (default: the config's model).")
+@click.option("--split", default="test", type=click.Choice(["train", "valid", "test"]), show_default=True)
+@click.option("--limit", default=None, type=int, help="Evaluate only the first N examples.")
+@click.option("--few-shot", default=0, type=int, show_default=True, help="Training examples shown in each prompt.")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Results JSON (predictions go beside it).")
+@click.option("--address", default=None, help="Ray address (default: $RAY_ADDRESS, else embedded local Ray).")
+@_user_errors
+def eval_(config, overrides, model_path, split, limit, few_shot, out, address):
+    """Generate answers with a model and score them with the task's metrics."""
+    from llmft.config import load_config
+    from llmft.eval.run import run_eval
+
+    run_eval(load_config(config, overrides), model=model_path, split=split, limit=limit,
+             few_shot=few_shot, out=out, address=address)
+
+
+@main.command()
+@click.argument("results", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Markdown table file.")
+@click.option("--plot", default=None, type=click.Path(dir_okay=False), help="Grouped bar chart PNG.")
+@click.option("--side-by-side", default=None, type=click.Path(dir_okay=False), help="Per-example predictions of every model (markdown or .html).")
+@_user_errors
+def compare(results, out, plot, side_by_side):
+    """Compare eval RESULTS files: one row per model, one column per metric."""
+    from llmft.eval.compare import run_compare
+
+    run_compare(list(results), out=out, plot=plot, side_by_side=side_by_side)
+
+
+@main.command()
+@_with_config
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--gpu-memory-gb", default=24.0, show_default=True, help="Memory of one GPU.")
+@_user_errors
+def plan(config, overrides, as_json, gpu_memory_gb):
+    """Estimate per-GPU memory for CONFIG's model under its ZeRO stage and offload."""
+    from llmft.config import load_config
+    from llmft.plan import run_plan
+
+    run_plan(load_config(config, overrides), as_json=as_json, gpu_memory_gb=gpu_memory_gb)
+
+
+@main.command()
+@_with_config
+@click.option("--address", default=None, help="Ray dashboard address, e.g. http://HEAD:8265 (default: $RAY_ADDRESS).")
+@click.option("--follow", is_flag=True, help="Stream the job's logs and exit with its status.")
+@_user_errors
+def submit(config, overrides, address, follow):
+    """Submit `llmft train CONFIG` as a Ray job."""
+    from llmft.launch.submit import submit_job
+
+    sys.exit(submit_job(config, list(overrides), address=address, follow=follow))
+
+
+@main.group()
+def jobs() -> None:
+    """Follow, list and stop Ray jobs."""
+
+
+def _address_option(func):
+    return click.option("--address", default=None, help="Ray dashboard address (default: $RAY_ADDRESS).")(func)
+
+
+@jobs.command("list")
+@_address_option
+@_user_errors
+def jobs_list(address):
+    """List jobs."""
+    from llmft.launch import jobs as ray_jobs
+
+    ray_jobs.list_jobs(address)
+
+
+@jobs.command("status")
+@click.argument("job_id")
+@_address_option
+@_user_errors
+def jobs_status(job_id, address):
+    """Show a job's status."""
+    from llmft.launch import jobs as ray_jobs
+
+    ray_jobs.show_status(job_id, address)
+
+
+@jobs.command("logs")
+@click.argument("job_id")
+@click.option("--follow", is_flag=True, help="Stream until the job ends.")
+@_address_option
+@_user_errors
+def jobs_logs(job_id, follow, address):
+    """Print a job's logs."""
+    from llmft.launch import jobs as ray_jobs
+
+    sys.exit(ray_jobs.show_logs(job_id, address, follow=follow))
+
+
+@jobs.command("stop")
+@click.argument("job_id")
+@_address_option
+@_user_errors
+def jobs_stop(job_id, address):
+    """Stop a job."""
+    from llmft.launch import jobs as ray_jobs
+
+    ray_jobs.stop_job(job_id, address)
+
+
+@main.group()
+def models() -> None:
+    """Make and convert models."""
+
+
+@models.command("make-tiny")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the model.")
+@click.option("--layers", default=2, show_default=True)
+@click.option("--hidden", default=64, show_default=True)
+@click.option("--vocab", default=512, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@_user_errors
+def models_make_tiny(out, layers, hidden, vocab, seed):
+    """Create a tiny random Llama with a sentencepiece tokenizer trained on llmft's sample data."""
+    from llmft.models import make_tiny_llama
+
+    make_tiny_llama(out, num_layers=layers, hidden_size=hidden, vocab_size=vocab, seed=seed)
+    click.echo(out)
+
+
+@models.command("import-gguf")
+@click.argument("gguf_file", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the safetensors model.")
+@_user_errors
+def models_import_gguf(gguf_file, out):
+    """Convert a GGUF Llama-architecture model to a safetensors Hugging Face folder."""
+    from llmft.models import import_gguf
+
+    import_gguf(gguf_file, out)
+    click.echo(out)
+
+
+if __name__ == "__main__":
+    main()

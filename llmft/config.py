@@ -1,0 +1,426 @@
+"""The configuration every llmft command reads.
+
+A run is described by one YAML file (which may extend a `base:` file) plus `key.sub=value`
+overrides from the command line. `load_config` turns them into a validated `Config`; nothing
+else in llmft reads YAML. Values that depend on the data (`epochs: auto`,
+`global_batch_size: auto`) are filled in by `resolve_auto` once the training set is known.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from llmft.errors import LlmftError
+
+TaskName = Literal["viggo", "sql", "gsm8k", "prompt_completion", "chat"]
+Offload = Literal["none", "cpu", "nvme"]
+
+
+class _Section(BaseModel):
+    # Strict: an unknown key is an error (with a "did you mean"), never silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class ModelConfig(_Section):
+    """Which model to fine-tune and how to load it."""
+
+    name_or_path: str = Field(
+        description="Hugging Face hub id (e.g. meta-llama/Llama-2-7b-hf) or a local folder "
+        "holding config.json, weights and tokenizer files."
+    )
+    tokenizer: str | None = Field(
+        None, description="Tokenizer hub id or folder, when it differs from `name_or_path`."
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="Training precision. `auto`: bfloat16 on GPU, float32 on CPU "
+        "(bfloat16 has no fast path on most CPUs)."
+    )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa", description="Attention kernel passed to transformers. Packed batches get a "
+        "block-diagonal mask under sdpa/eager and position_ids under flash_attention_2."
+    )
+    gradient_checkpointing: bool = Field(
+        True, description="Recompute activations in the backward pass to save memory."
+    )
+    trust_remote_code: bool = Field(
+        False, description="Allow model code from the hub. Off: only transformers' own code runs."
+    )
+
+
+class DataConfig(_Section):
+    """What to train on and how it becomes token sequences."""
+
+    task: TaskName = Field(
+        description="How rows are formatted: viggo | sql | gsm8k (the case study's tasks), "
+        "prompt_completion or chat (OpenAI fine-tuning JSONL formats)."
+    )
+    train: str = Field(
+        description="Training data: a local .jsonl/.json/.parquet/.csv file, a hub dataset "
+        "`owner/name[:config][@split]`, or `sample:<task>` for llmft's synthetic sample set."
+    )
+    valid: str | None = Field(
+        None, description="Validation data, same forms as `train`. Needed for `valid_loss`, "
+        "evaluation during training and best-checkpoint selection."
+    )
+    test: str | None = Field(None, description="Test data for `llmft eval`, same forms as `train`.")
+    max_length: int = Field(512, ge=16, le=1_048_576, description="Tokens per training sequence.")
+    over_length: Literal["drop", "truncate", "error"] = Field(
+        "drop", description="What to do with an example longer than `max_length`: drop it, "
+        "truncate its completion, or stop with an error naming it."
+    )
+    train_on_prompt: bool = Field(
+        False, description="Also train on prompt tokens. Off: loss on completion tokens only."
+    )
+    packing: bool = Field(
+        True, description="Pack several examples into each sequence (no attention across "
+        "examples). Off: length-grouped batches padded to their longest example."
+    )
+    cache_dir: str = Field(
+        "~/.cache/llmft", description="Where tokenized datasets and converted models are cached."
+    )
+    split_seed: int = Field(
+        42, description="Seed for splits llmft derives itself (e.g. sql-create-context has only "
+        "`train`: 90% train, 5% validation, 5% test)."
+    )
+
+
+class TrainingConfig(_Section):
+    """The optimisation recipe."""
+
+    epochs: int | Literal["auto"] = Field(
+        1, description="Passes over the training set. `auto`: OpenAI's default of 4."
+    )
+    max_steps: int | None = Field(
+        None, ge=1, description="Stop after this many optimizer steps (overrides `epochs`)."
+    )
+    micro_batch_size: int = Field(
+        1, ge=1, description="Sequences per worker per forward/backward pass."
+    )
+    global_batch_size: int | Literal["auto"] = Field(
+        8, description="Sequences per optimizer step across all workers. Must be a multiple of "
+        "num_workers x micro_batch_size; the quotient is the gradient-accumulation count. "
+        "`auto`: 0.2% of the training examples, between 1 and 256 (OpenAI's default), rounded "
+        "up to that multiple."
+    )
+    learning_rate: float = Field(5e-6, gt=0, le=1, description="Peak learning rate.")
+    lr_schedule: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="Decay after warmup: linear or cosine to 0, or constant."
+    )
+    warmup_ratio: float = Field(
+        0.0, ge=0, lt=1, description="Share of all optimizer steps spent warming up linearly."
+    )
+    warmup_steps: int | None = Field(
+        None, ge=0, description="Warmup steps; overrides `warmup_ratio` when set."
+    )
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    max_grad_norm: float | None = Field(
+        1.0, gt=0, description="Clip the global gradient norm to this; null disables clipping."
+    )
+    seed: int = Field(42, description="Seed for model init of new tokens, shuffling and dropout.")
+    eval_every_steps: int | None = Field(
+        None, ge=1, description="Validation loss every N optimizer steps (always at epoch end)."
+    )
+    generation_eval_every_steps: int | None = Field(
+        None, ge=1, description="Generate and score answers on a validation subset every N steps."
+    )
+    generation_eval_examples: int = Field(
+        32, ge=1, description="Validation examples used by the generation eval during training."
+    )
+    checkpoint_every_steps: int | None = Field(
+        None, ge=1, description="Save a checkpoint every N optimizer steps (always at epoch end)."
+    )
+    max_failures: int = Field(
+        0, ge=-1, description="Worker failures Ray may recover from by restarting the worker "
+        "group from the latest checkpoint; -1 means unlimited."
+    )
+
+
+class DeepSpeedSection(_Section):
+    """How DeepSpeed shards and offloads model states."""
+
+    zero_stage: Literal[0, 1, 2, 3] = Field(
+        3, description="ZeRO stage: 0 none, 1 optimizer states, 2 + gradients, 3 + parameters."
+    )
+    offload_optimizer: Offload = Field(
+        "none", description="Where optimizer states live: none (device), cpu or nvme. Needs ZeRO >= 1."
+    )
+    offload_params: Offload = Field(
+        "none", description="Where parameters live between uses: none, cpu or nvme. Needs ZeRO 3."
+    )
+    nvme_path: str | None = Field(None, description="Folder on a fast local disk for nvme offload.")
+    config_file: str | None = Field(
+        None, description="A DeepSpeed JSON to use instead of the generated one. Its `auto` "
+        "values are filled from this config; values that contradict it are an error."
+    )
+    overlap_comm: bool | None = Field(
+        None, description="Overlap gradient reduction with backward. Default: on for GPU, off for CPU."
+    )
+    reduce_bucket_size: int | None = Field(
+        None, ge=1, description="Elements per gradient-reduction bucket. Default: sized to the model."
+    )
+    stage3_prefetch_bucket_size: int | None = Field(
+        None, ge=0, description="ZeRO-3 elements to prefetch ahead. Default: sized to the model."
+    )
+    stage3_param_persistence_threshold: int | None = Field(
+        None, ge=0, description="ZeRO-3 keeps parameters smaller than this unpartitioned."
+    )
+    stage3_max_live_parameters: int | None = Field(
+        None, ge=1, description="ZeRO-3 cap on gathered parameters alive at once."
+    )
+
+
+class ScalingConfig(_Section):
+    """How many Ray Train workers and what each gets."""
+
+    num_workers: int = Field(1, ge=1, description="Training workers (one per GPU on GPU clusters).")
+    use_gpu: bool = Field(False, description="Give each worker a GPU.")
+    cpus_per_worker: float = Field(1, gt=0, description="CPUs Ray reserves per worker.")
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict, description="Extra Ray resources per worker, e.g. {accelerator_type:A10G: 0.01}."
+    )
+    placement_timeout_s: float = Field(
+        30, gt=0, description="Fail with a clear message if the workers cannot be placed in this time."
+    )
+
+
+class OutputConfig(_Section):
+    """Where results go."""
+
+    dir: str = Field("outputs", description="Local folder or storage URI Ray accepts (s3://, gs://, a shared filesystem).")
+    run_name: str | None = Field(None, description="Run folder name under `dir`. Default: <task>-<model>-<time>.")
+    keep_checkpoints: int = Field(2, ge=1, description="Best checkpoints to keep (the latest is kept too).")
+    checkpoint_metric: str = Field("valid_loss", description="Metric that ranks checkpoints.")
+    checkpoint_mode: Literal["min", "max"] = Field("min", description="Whether lower or higher is better.")
+    export_best: bool = Field(True, description="Export the best checkpoint as a Hugging Face model at the end.")
+
+
+class LoggingConfig(_Section):
+    """What the run reports, and where."""
+
+    progress_bar: bool = Field(True, description="Progress bar with step, loss and throughput on rank 0.")
+    log_every_steps: int = Field(1, ge=1, description="Write train metrics every N optimizer steps.")
+    tensorboard: bool = Field(False, description="Also write TensorBoard event files (needs the `tracking` extra).")
+    mlflow_tracking_uri: str | None = Field(None, description="Also log to this MLflow tracking URI.")
+
+
+class Config(_Section):
+    """A whole llmft run."""
+
+    model: ModelConfig
+    data: DataConfig
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    source: str | None = Field(None, description="The YAML file this config came from (set by llmft).")
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> "Config":
+        ds, tr, sc = self.deepspeed, self.training, self.scaling
+        if ds.offload_optimizer != "none" and ds.zero_stage < 1:
+            raise ValueError("deepspeed.offload_optimizer needs deepspeed.zero_stage >= 1 "
+                             "(ZeRO-Offload partitions the optimizer states it moves)")
+        if ds.offload_params != "none" and ds.zero_stage != 3:
+            raise ValueError("deepspeed.offload_params needs deepspeed.zero_stage: 3 "
+                             "(only ZeRO-3 partitions parameters)")
+        if "nvme" in (ds.offload_optimizer, ds.offload_params) and not ds.nvme_path:
+            raise ValueError("nvme offload needs deepspeed.nvme_path: a folder on a fast local disk")
+        if isinstance(tr.epochs, int) and tr.epochs < 1:
+            raise ValueError("training.epochs must be >= 1 or `auto`")
+        if isinstance(tr.global_batch_size, int):
+            per_pass = sc.num_workers * tr.micro_batch_size
+            if tr.global_batch_size < 1 or tr.global_batch_size % per_pass:
+                raise ValueError(
+                    f"training.global_batch_size ({tr.global_batch_size}) must be a positive multiple of "
+                    f"scaling.num_workers x training.micro_batch_size = {sc.num_workers} x "
+                    f"{tr.micro_batch_size} = {per_pass}; e.g. set it to {max(1, round(tr.global_batch_size / per_pass)) * per_pass}"
+                )
+        return self
+
+    # Derived values: one definition each.
+    @property
+    def world_size(self) -> int:
+        return self.scaling.num_workers
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        return self.global_batch_size // (self.world_size * self.training.micro_batch_size)
+
+    @property
+    def global_batch_size(self) -> int:
+        if self.training.global_batch_size == "auto":
+            raise LlmftError("training.global_batch_size is `auto`: it is resolved once the "
+                             "training data is known (run `llmft validate` or `llmft prepare`).")
+        return self.training.global_batch_size
+
+    @property
+    def num_epochs(self) -> int:
+        return 4 if self.training.epochs == "auto" else self.training.epochs
+
+    @property
+    def dotted_values(self) -> dict[str, Any]:
+        return _flatten(self.model_dump(mode="json"))
+
+
+def resolve_auto(cfg: Config, num_train_examples: int) -> Config:
+    """Fill `auto` values from the training set size (OpenAI's fine-tuning defaults)."""
+    training = cfg.training.model_copy()
+    if training.epochs == "auto":
+        training.epochs = 4
+    if training.global_batch_size == "auto":
+        per_pass = cfg.world_size * training.micro_batch_size
+        wanted = min(256, max(1, math.ceil(0.002 * num_train_examples)))
+        training.global_batch_size = math.ceil(wanted / per_pass) * per_pass
+    return cfg.model_copy(update={"training": training})
+
+
+# ---------------------------------------------------------------- loading YAML
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config (following `base:`), apply `key.sub=value` overrides, validate."""
+    path = Path(path)
+    raw, origins = _read_with_bases(path, chain=[])
+    for override in overrides:
+        key, value = _parse_override(override)
+        _set_dotted(raw, key, value)
+        origins[key] = "the command line"
+    raw["source"] = str(path)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise LlmftError(_explain(exc, raw, origins, path)) from None
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise LlmftError(f"Config file {path} does not exist. Check the path (relative paths are "
+                         f"read from the current directory, {Path.cwd()}).")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "an unknown place"
+        raise LlmftError(f"{path}: YAML syntax error at {where}: {exc.problem}. Fix the YAML "
+                         "there (indentation and `key: value` pairs are the usual culprits).") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise LlmftError(f"{path}: the top level must be a mapping of sections (model:, data:, ...), "
+                         f"not a {type(data).__name__}.")
+    return data
+
+
+def _read_with_bases(path: Path, chain: list[Path]) -> tuple[dict, dict[str, str]]:
+    resolved = path.resolve()
+    if resolved in chain:
+        cycle = " -> ".join(str(p) for p in [*chain, resolved])
+        raise LlmftError(f"`base:` cycle: {cycle}. A config may extend a base, but no base may "
+                         "extend (directly or indirectly) a config that extends it.")
+    data = _read_yaml(path)
+    base_name = data.pop("base", None)
+    own_origins = {key: str(path) for key in _flatten(data)}
+    if base_name is None:
+        return data, own_origins
+    base_path = (path.parent / str(base_name))
+    if not base_path.is_file():
+        raise LlmftError(f"{path}: `base: {base_name}` names {base_path}, which does not exist. "
+                         "A base path is relative to the file that names it.")
+    base, origins = _read_with_bases(base_path, [*chain, resolved])
+    origins.update(own_origins)
+    return _deep_merge(base, data), origins
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        # resources_per_worker is a free-form mapping: keep it whole.
+        if isinstance(value, dict) and value and key != "resources_per_worker":
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise LlmftError(f"Override `{text}` is not of the form key.sub=value "
+                         "(e.g. training.learning_rate=1e-5).")
+    try:
+        return key.strip(), yaml.safe_load(value) if value else ""
+    except yaml.YAMLError:
+        return key.strip(), value
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[parts[-1]] = value
+
+
+def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(prefix + name)
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys.extend(_known_keys(annotation, prefix + name + "."))
+    return keys
+
+
+def _explain(exc: ValidationError, raw: dict, origins: dict[str, str], path: Path) -> str:
+    known = _known_keys(Config)
+    problems = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-after", "int", "literal"))]
+        # Pydantic puts union members in loc (e.g. "int", "literal['auto']"); keep the field path.
+        loc = [p for p in loc if "[" not in p and p not in ("str", "float", "bool", "none")]
+        dotted = ".".join(loc)
+        where = origins.get(dotted) or _origin_prefix(origins, dotted) or str(path)
+        if err["type"] == "extra_forbidden":
+            guess = difflib.get_close_matches(dotted, known, n=1, cutoff=0.6)
+            hint = f" Did you mean `{guess[0]}`?" if guess else " See the config reference in README.md."
+            problems.append(f"{where}: unknown key `{dotted}`.{hint}")
+        elif err["type"] == "missing":
+            problems.append(f"{where}: `{dotted}` is required but missing.")
+        elif not dotted:  # a cross-field check
+            problems.append(f"{where}: {err['msg'].removeprefix('Value error, ')}.")
+        else:
+            value = err.get("input")
+            problems.append(f"{where}: `{dotted}` = {value!r} is invalid: {err['msg']}.")
+    # One problem per key (unions report each member); keep the first.
+    unique = list(dict.fromkeys(problems))
+    return " ".join(unique)
+
+
+def _origin_prefix(origins: dict[str, str], dotted: str) -> str | None:
+    for key, origin in origins.items():
+        if key.startswith(dotted + ".") or dotted.startswith(key + "."):
+            return origin
+    return None

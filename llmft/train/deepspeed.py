@@ -1,0 +1,148 @@
+"""The DeepSpeed JSON a run uses, derived from the llmft config.
+
+Batch sizes, gradient clipping and precision always come from the llmft config, so they are said
+once. A user's own DeepSpeed JSON (`deepspeed.config_file`) may leave them `"auto"`; a value that
+contradicts the llmft config is an error rather than a silent surprise.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from llmft.config import Config
+from llmft.errors import LlmftError
+
+
+def training_dtype(cfg: Config) -> str:
+    """`bfloat16` on GPU and `float32` on CPU unless the config says otherwise."""
+    if cfg.model.dtype != "auto":
+        return cfg.model.dtype
+    return "bfloat16" if cfg.scaling.use_gpu else "float32"
+
+
+def build_deepspeed_config(cfg: Config, hidden_size: int | None = None) -> dict[str, Any]:
+    """The resolved DeepSpeed config for `cfg`. `hidden_size` sizes ZeRO's buckets when known."""
+    generated = _generated(cfg, hidden_size)
+    if not cfg.deepspeed.config_file:
+        return generated
+    return _merge_user_file(cfg, generated, Path(cfg.deepspeed.config_file))
+
+
+def _generated(cfg: Config, hidden_size: int | None) -> dict[str, Any]:
+    ds = cfg.deepspeed
+    dtype = training_dtype(cfg)
+    zero: dict[str, Any] = {"stage": ds.zero_stage}
+    if ds.zero_stage >= 1:
+        zero["overlap_comm"] = cfg.scaling.use_gpu if ds.overlap_comm is None else ds.overlap_comm
+        zero["contiguous_gradients"] = True
+    if ds.zero_stage >= 2:
+        zero["reduce_scatter"] = True
+    if ds.offload_optimizer != "none":
+        zero["offload_optimizer"] = _offload(ds.offload_optimizer, ds.nvme_path)
+    if ds.offload_params != "none":
+        zero["offload_param"] = _offload(ds.offload_params, ds.nvme_path)
+    # DeepSpeed's fixed defaults (5e8-element buckets, 1e5 persistence) are tuned for big models
+    # on GPUs; at small scale they waste memory and time (see FACTS.md). Size them to the model,
+    # as the transformers integration does for its "auto" values.
+    if hidden_size and ds.zero_stage >= 2:
+        zero["reduce_bucket_size"] = ds.reduce_bucket_size or hidden_size * hidden_size
+        zero["allgather_bucket_size"] = zero["reduce_bucket_size"]
+    elif ds.reduce_bucket_size:
+        zero["reduce_bucket_size"] = ds.reduce_bucket_size
+    if ds.zero_stage == 3:
+        if hidden_size:
+            zero["stage3_prefetch_bucket_size"] = int(0.9 * hidden_size * hidden_size)
+            zero["stage3_param_persistence_threshold"] = 10 * hidden_size
+            zero["stage3_max_live_parameters"] = 4 * hidden_size * hidden_size * 4
+        for key in ("stage3_prefetch_bucket_size", "stage3_param_persistence_threshold", "stage3_max_live_parameters"):
+            if getattr(ds, key) is not None:
+                zero[key] = getattr(ds, key)
+        # Needed so a ZeRO-3 checkpoint can be exported without consolidating the full model on one GPU.
+        zero["stage3_gather_16bit_weights_on_model_save"] = False
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": cfg.training.micro_batch_size,
+        "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+        "train_batch_size": cfg.global_batch_size,
+        "gradient_clipping": cfg.training.max_grad_norm or 0.0,
+        "bf16": {"enabled": dtype == "bfloat16"},
+        "fp16": {"enabled": dtype == "float16"},
+        "zero_optimization": zero,
+        # On CPU a plain torch AdamW is used as the client optimizer (FACTS.md).
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if ds.offload_optimizer != "none":
+        # Offloaded optimizer states are stepped on the CPU by DeepSpeed's fused CPU Adam.
+        beta1, beta2 = cfg.training.adam_betas
+        config["optimizer"] = {"type": "AdamW", "params": {
+            "lr": cfg.training.learning_rate, "betas": [beta1, beta2],
+            "eps": cfg.training.adam_eps, "weight_decay": cfg.training.weight_decay}}
+    return config
+
+
+def _offload(device: str, nvme_path: str | None) -> dict[str, Any]:
+    section: dict[str, Any] = {"device": device, "pin_memory": True}
+    if device == "nvme":
+        section["nvme_path"] = nvme_path
+    return section
+
+
+# Keys whose value llmft owns; a user JSON may say "auto" or repeat the same value.
+_OWNED = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size",
+          "gradient_clipping")
+
+
+def _merge_user_file(cfg: Config, generated: dict[str, Any], path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise LlmftError(f"deepspeed.config_file: {path} does not exist. Give the path of a DeepSpeed "
+                         "JSON (relative to the current directory) or remove the key to use the generated one.")
+    try:
+        user = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise LlmftError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}.") from None
+    if not isinstance(user, dict):
+        raise LlmftError(f"{path}: a DeepSpeed config must be a JSON object.")
+    merged = _fill_auto(user, generated)
+    for key in _OWNED:
+        if key in user and user[key] != "auto" and user[key] != generated[key]:
+            raise LlmftError(
+                f"{path}: `{key}` is {user[key]!r} but the llmft config gives {generated[key]!r} "
+                f"(from training.* and scaling.num_workers). Set it to \"auto\" in the JSON, or change the llmft config.")
+    for precision in ("bf16", "fp16"):
+        enabled = (user.get(precision) or {}).get("enabled")
+        if enabled not in (None, "auto") and enabled != generated[precision]["enabled"]:
+            raise LlmftError(
+                f"{path}: `{precision}.enabled` is {enabled!r} but the run trains in {training_dtype(cfg)} "
+                "(model.dtype). Set it to \"auto\" or change model.dtype.")
+    stage = (user.get("zero_optimization") or {}).get("stage", "auto")
+    if stage != "auto" and "zero_stage" in cfg.deepspeed.model_fields_set and stage != cfg.deepspeed.zero_stage:
+        raise LlmftError(f"{path}: `zero_optimization.stage` is {stage} but deepspeed.zero_stage is "
+                         f"{cfg.deepspeed.zero_stage}. Say the stage in one place.")
+    merged.setdefault("zero_force_ds_cpu_optimizer", False)
+    merged.setdefault("zero_allow_untested_optimizer", True)
+    return merged
+
+
+def _fill_auto(user: Any, generated: Any) -> Any:
+    """Replace "auto" in `user` by the generated value at the same place (recursively)."""
+    if isinstance(user, dict):
+        gen = generated if isinstance(generated, dict) else {}
+        out = {key: _fill_auto(value, gen.get(key)) for key, value in user.items()}
+        for key, value in gen.items():
+            if key in _OWNED or key in ("bf16", "fp16"):
+                out.setdefault(key, value)
+        return out
+    if user == "auto":
+        if generated is None:
+            raise LlmftError("A DeepSpeed config value is \"auto\" where llmft has no value to fill in; "
+                             "give it explicitly.")
+        return generated
+    return user
+
+
+def zero_stage_of(ds_config: dict[str, Any]) -> int:
+    return int((ds_config.get("zero_optimization") or {}).get("stage", 0))
