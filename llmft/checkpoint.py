@@ -1,0 +1,193 @@
+"""Checkpoints: save and restore a run exactly, and export a Hugging Face model.
+
+A checkpoint folder, as Ray Train persists it (each worker's files merged into one folder):
+
+    deepspeed/            DeepSpeed's sharded model, optimizer and scheduler state (tag "deepspeed")
+    rng_rank<R>.pt        each worker's RNG states
+    model/                the model's config.json (vocabulary already resized)
+    tokenizer/            the tokenizer with the task's special tokens
+    llmft_state.json      data position, world size, config; written last, so its presence
+                          means the folder is complete
+
+Ray registers a checkpoint only once `ray.train.report` has persisted it, so a crash while saving
+leaves the previous checkpoint as the latest; `restore` also refuses a folder without
+`llmft_state.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from llmft.config import Config
+from llmft.errors import LlmftError
+
+STATE_FILE = "llmft_state.json"
+DEEPSPEED_TAG = "deepspeed"
+
+
+@dataclass
+class Position:
+    """Where a run is: optimizer steps done, and the next global batch to train (epoch, index)."""
+
+    global_step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+
+
+def save_and_report(engine, tokenizer, cfg: Config, position: Position, metrics: dict[str, Any], *,
+                    rank: int, world_size: int) -> None:
+    """Every worker saves its shards to a local folder; Ray merges and persists them."""
+    import ray.train
+
+    folder = Path(tempfile.mkdtemp(prefix="llmft-checkpoint-"))
+    try:
+        engine.save_checkpoint(str(folder), tag=DEEPSPEED_TAG, save_latest=False)
+        torch.save(_rng_states(), folder / f"rng_rank{rank}.pt")
+        if rank == 0:
+            engine.module.config.save_pretrained(folder / "model")
+            tokenizer.save_pretrained(folder / "tokenizer")
+            state = {"position": asdict(position), "world_size": world_size,
+                     "zero_stage": cfg.deepspeed.zero_stage, "model": cfg.model.name_or_path,
+                     "task": cfg.data.task, "metrics": metrics, "config": cfg.model_dump(mode="json")}
+            _write_atomic(folder / STATE_FILE, json.dumps(state, indent=2))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def restore(engine, checkpoint, cfg: Config, *, world_size: int, rank: int) -> Position:
+    """Load DeepSpeed state and RNG states from `checkpoint` (a Ray Checkpoint or None)."""
+    if checkpoint is None:
+        return Position()
+    with checkpoint.as_directory() as folder:
+        state = read_state(folder)
+        check_compatible(state, cfg, world_size, where=folder)
+        load_path, _ = engine.load_checkpoint(folder, tag=DEEPSPEED_TAG, load_optimizer_states=True,
+                                              load_lr_scheduler_states=True)
+        if load_path is None:
+            raise LlmftError(f"Checkpoint {folder} has no DeepSpeed state under {DEEPSPEED_TAG}/.")
+        rng_file = Path(folder) / f"rng_rank{rank}.pt"
+        if rng_file.exists():
+            _set_rng_states(torch.load(rng_file, weights_only=False))
+    return Position(**state["position"])
+
+
+def read_state(folder: str | os.PathLike) -> dict[str, Any]:
+    path = Path(folder) / STATE_FILE
+    if not Path(folder).is_dir():
+        raise LlmftError(f"Checkpoint {folder} does not exist. Give a checkpoint folder "
+                         "(outputs/<run>/checkpoint_*) or `latest`.")
+    if not path.is_file():
+        raise LlmftError(f"{folder} is not a complete llmft checkpoint: {STATE_FILE} is missing "
+                         "(it is written last, so the save was interrupted or this is another folder).")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise LlmftError(f"{path} is corrupt (invalid JSON at line {exc.lineno}); use an earlier checkpoint.") from None
+
+
+def check_compatible(state: dict[str, Any], cfg: Config, world_size: int, where: str | os.PathLike) -> None:
+    """Refuse resumes that cannot be exact: another model or another ZeRO sharding."""
+    if state["model"] != cfg.model.name_or_path:
+        raise LlmftError(f"Checkpoint {where} was trained from model {state['model']!r}, but the config says "
+                         f"{cfg.model.name_or_path!r}. Resume with the same model, or start a new run "
+                         "from the exported model (llmft export) as model.name_or_path.")
+    if state["world_size"] != world_size or state["zero_stage"] != cfg.deepspeed.zero_stage:
+        raise LlmftError(f"Checkpoint {where} was saved by {state['world_size']} workers with ZeRO-{state['zero_stage']}; "
+                         f"this run has {world_size} workers with ZeRO-{cfg.deepspeed.zero_stage}. Sharded optimizer "
+                         "state cannot be resumed exactly across that change: resume with the same "
+                         "scaling.num_workers and deepspeed.zero_stage, or export the checkpoint and start a new run from it.")
+
+
+def find_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    folders = [p for p in Path(run_dir).glob("checkpoint_*") if (p / STATE_FILE).is_file()]
+    return sorted(folders, key=lambda p: read_state(p)["position"]["global_step"])
+
+
+# ---------------------------------------------------------------- export
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Consolidate a checkpoint into a Hugging Face model folder (safetensors, config, tokenizer).
+
+    DeepSpeed merges the ZeRO shards on the CPU one output shard at a time, so neither a GPU nor
+    the host ever holds a second full copy of the model. Weights are written in the training dtype.
+    """
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    from llmft.tasks import get_task
+    from llmft.train.deepspeed import training_dtype
+
+    folder = Path(checkpoint)
+    state = read_state(folder)
+    out = Path(out)
+    dtype = getattr(torch, training_dtype(Config.model_validate(state["config"])))
+    tmp = out.with_name(out.name + ".tmp-export")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    config = AutoConfig.from_pretrained(folder / "model")
+    _write_weights(folder, tmp, dtype, tied=bool(getattr(config, "tie_word_embeddings", False)))
+    config.dtype = dtype
+    config.save_pretrained(tmp)
+    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+    tokenizer.save_pretrained(tmp)
+    stop_token = get_task(state["task"]).stop_token or tokenizer.eos_token
+    GenerationConfig(bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
+                     eos_token_id=tokenizer.convert_tokens_to_ids(stop_token), do_sample=False).save_pretrained(tmp)
+    (tmp / "llmft_export.json").write_text(json.dumps(
+        {"checkpoint": str(folder), "position": state["position"], "task": state["task"],
+         "stop_token": stop_token, "base_model": state["model"]}, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def _write_weights(folder: Path, out: Path, dtype: torch.dtype, tied: bool) -> None:
+    ds_dir = folder / DEEPSPEED_TAG
+    if any(ds_dir.glob("*optim_states.pt")):  # ZeRO 1-3: shards of fp32 master weights
+        from deepspeed.utils.zero_to_fp32 import convert_zero_checkpoint_to_state_dict
+
+        convert_zero_checkpoint_to_state_dict(str(folder), str(out), dtype=dtype, safe_serialization=True,
+                                              tag=DEEPSPEED_TAG, max_shard_size="5GB")
+        return
+    model_states = ds_dir / "mp_rank_00_model_states.pt"
+    if not model_states.is_file():
+        raise LlmftError(f"Checkpoint {folder} has no DeepSpeed model states under {DEEPSPEED_TAG}/; it may be corrupt.")
+    from safetensors.torch import save_file
+
+    weights = torch.load(model_states, map_location="cpu", weights_only=False)["module"]
+    if tied:  # safetensors refuses shared tensors; transformers re-ties lm_head on load
+        weights.pop("lm_head.weight", None)
+    save_file({k: v.to(dtype).contiguous() for k, v in weights.items()}, str(out / "model.safetensors"),
+              metadata={"format": "pt"})
+
+
+def _rng_states() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if states.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,229 @@
+"""`llmft train`: the driver side. Prepares the data once, connects to Ray and runs the workers.
+
+Everything that can be wrong with the user's input (config, model path, data, cluster size,
+resume checkpoint) is checked here, before a worker starts, so it fails in seconds with a clear
+message instead of inside a worker minutes later.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from llmft.config import Config, resolve_auto
+from llmft.errors import LlmftError
+
+STORAGE_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "hdfs://")
+
+
+def run_training(cfg: Config, *, address: str | None = None, resume: str | None = None,
+                 extra_env: dict[str, str] | None = None) -> Path:
+    """Train, then export the best checkpoint. Returns the run folder."""
+    from llmft import checkpoint as ckpt
+    from llmft.data.tokenize import tokenize_split
+    from llmft.models import load_tokenizer
+    from llmft.validate import local_model_hidden_size
+
+    # -- data: tokenized once here (and cached), then shared with the workers
+    cfg = absolute_paths(cfg)
+    tokenizer = load_tokenizer(cfg)
+    train_table = tokenize_split(cfg, tokenizer, "train")
+    if train_table.num_rows == 0:
+        raise LlmftError(f"data.train ({cfg.data.train}) has no usable examples after tokenization "
+                         f"(max_length {cfg.data.max_length}, over_length {cfg.data.over_length}). Run `llmft prepare`.")
+    cfg = resolve_auto(cfg, train_table.num_rows)
+    valid_table = tokenize_split(cfg, tokenizer, "valid") if cfg.data.valid else None
+    if cfg.deepspeed.config_file:
+        from llmft.train.deepspeed import build_deepspeed_config
+
+        build_deepspeed_config(cfg)  # a contradicting DeepSpeed JSON fails here, not in a worker
+
+    # -- run folder and resume point
+    run_name, resume_path = resolve_run(cfg, resume)
+    run_dir = _join(cfg.output.dir, run_name)
+
+    # -- Ray
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from llmft.train.loop import train_loop_per_worker
+
+    connect(address)
+    check_placement(cfg)
+    loop_config: dict[str, Any] = {
+        "config": cfg.model_dump(mode="json"),
+        "train_ref": ray.put(train_table),
+        "valid_ref": ray.put(valid_table) if valid_table is not None else None,
+        "run_dir": run_dir,
+        "hidden_size": local_model_hidden_size(cfg),
+        "resume_path": resume_path,
+    }
+    resources = {"CPU": cfg.scaling.cpus_per_worker, **cfg.scaling.resources_per_worker}
+    if cfg.scaling.use_gpu:
+        resources["GPU"] = 1
+    scored = cfg.data.valid is not None
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=cfg.output.dir,
+            failure_config=FailureConfig(max_failures=cfg.training.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.output.keep_checkpoints + 1,  # the best K plus the latest
+                checkpoint_score_attribute=cfg.output.checkpoint_metric if scored else None,
+                checkpoint_score_order=cfg.output.checkpoint_mode),
+            worker_runtime_env={"env_vars": worker_env(extra_env)},
+        ),
+    )
+    print(f"llmft: run {run_name} -> {run_dir}", flush=True)
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # Ray wraps worker errors; surface a user error's own message
+        user_error = _find_user_error(exc)
+        if user_error:
+            raise LlmftError(user_error) from None
+        raise
+
+    # -- export the best checkpoint as a Hugging Face model
+    if cfg.output.export_best and result.checkpoint is not None and not _is_uri(run_dir):
+        best = result.get_best_checkpoint(cfg.output.checkpoint_metric, cfg.output.checkpoint_mode) if scored else None
+        best = best or result.checkpoint
+        out = ckpt.export_checkpoint(best.path, Path(run_dir) / "model")
+        print(f"llmft: exported {best.path} -> {out}", flush=True)
+    return Path(run_dir)
+
+
+def absolute_paths(cfg: Config) -> Config:
+    """Resolve relative paths against the driver's working directory: workers run elsewhere."""
+    def absolute(value: str | None) -> str | None:
+        if value is None or _is_uri(value):
+            return value
+        path = Path(value).expanduser()
+        return str(path.resolve()) if path.exists() or value.startswith((".", "/", "~")) else value
+
+    model = cfg.model.model_copy(update={"name_or_path": absolute(cfg.model.name_or_path),
+                                         "tokenizer": absolute(cfg.model.tokenizer)})
+    data = cfg.data.model_copy(update={key: absolute(getattr(cfg.data, key)) for key in ("train", "valid", "test")}
+                               | {"cache_dir": str(Path(cfg.data.cache_dir).expanduser().resolve())})
+    output = cfg.output.model_copy(update={"dir": cfg.output.dir if _is_uri(cfg.output.dir)
+                                           else str(Path(cfg.output.dir).expanduser().resolve())})
+    ds = cfg.deepspeed.model_copy(update={"config_file": absolute(cfg.deepspeed.config_file)})
+    return cfg.model_copy(update={"model": model, "data": data, "output": output, "deepspeed": ds})
+
+
+def resolve_run(cfg: Config, resume: str | None) -> tuple[str, str | None]:
+    """The run name to use and, for `--resume PATH`, the checkpoint to start from.
+
+    `--resume latest` reuses the run's name, so Ray Train restores its own record of the run
+    and hands the workers its latest checkpoint. A fresh run never reuses an existing folder.
+    """
+    base = cfg.output.run_name
+    if resume is None:
+        name = base or f"{cfg.data.task}-{Path(cfg.model.name_or_path).name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if not _is_uri(cfg.output.dir) and (Path(cfg.output.dir) / name).exists():
+            raise LlmftError(f"Run folder {Path(cfg.output.dir) / name} already exists. Continue it with "
+                             f"`--resume latest`, or start a new run with output.run_name=<new name>.")
+        return name, None
+    if resume == "latest":
+        if base is None:
+            raise LlmftError("`--resume latest` needs output.run_name (the run to continue); "
+                             f"pass it as an override, e.g. output.run_name=<folder under {cfg.output.dir}>.")
+        run_dir = Path(cfg.output.dir) / base
+        if not _is_uri(cfg.output.dir):
+            from llmft.checkpoint import find_checkpoints
+
+            if not find_checkpoints(run_dir):
+                raise LlmftError(f"`--resume latest`: {run_dir} holds no complete checkpoint to resume from.")
+        return base, None
+    from llmft.checkpoint import check_compatible, read_state
+
+    path = Path(resume).expanduser().resolve()
+    check_compatible(read_state(path), cfg, cfg.world_size, where=path)
+    name = (base or path.parent.name) + f"-resumed-{time.strftime('%Y%m%d-%H%M%S')}"
+    return name, str(path)
+
+
+def connect(address: str | None) -> None:
+    """Join the Ray cluster at `address`/$RAY_ADDRESS, or start an embedded one on loopback."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    # Workers inherit the driver's environment through Ray; keep Ray's own logs quiet.
+    if address:
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except (ConnectionError, RuntimeError, TimeoutError) as exc:
+            raise LlmftError(f"Cannot connect to Ray at {address}: {exc}. Check the address "
+                             "(`ray status` on the head), or unset RAY_ADDRESS to use a local Ray.") from None
+    else:
+        # Loopback only: an embedded Ray must never expose its ports or dashboard to the network.
+        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=True)
+
+
+def check_placement(cfg: Config) -> None:
+    """Fail in seconds, not hang, when the cluster cannot hold the requested workers."""
+    import ray
+
+    total = ray.cluster_resources()
+    needs = {"CPU": cfg.scaling.num_workers * cfg.scaling.cpus_per_worker}
+    if cfg.scaling.use_gpu:
+        needs["GPU"] = cfg.scaling.num_workers
+    for name, amount in cfg.scaling.resources_per_worker.items():
+        needs[name] = needs.get(name, 0) + amount * cfg.scaling.num_workers
+    short = {k: (v, total.get(k, 0)) for k, v in needs.items() if total.get(k, 0) < v}
+    if short:
+        detail = ", ".join(f"{k}: needs {need:g}, cluster has {have:g}" for k, (need, have) in short.items())
+        raise LlmftError(f"The Ray cluster cannot place {cfg.scaling.num_workers} workers ({detail}). Lower "
+                         "scaling.num_workers or scaling.cpus_per_worker, or add nodes.")
+
+
+def worker_env(extra: dict[str, str] | None) -> dict[str, str]:
+    """Environment for the workers: llmft's test switches and thread settings pass through."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("LLMFT_") or k in ("TORCH_EXTENSIONS_DIR", "HF_HOME", "HF_HUB_OFFLINE")}
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.update(extra or {})
+    return env
+
+
+def _find_user_error(exc: BaseException) -> str | None:
+    """Ray re-raises worker exceptions wrapped; find an LlmftError's message inside."""
+    seen = set()
+    stack = [exc]
+    while stack:
+        err = stack.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, LlmftError):
+            return str(err)
+        text = str(err)
+        if "LlmftError: " in text:
+            return text.split("LlmftError: ", 1)[1].strip().splitlines()[0]
+        stack += [err.__cause__, err.__context__]
+        failures = getattr(err, "worker_failures", None)
+        if isinstance(failures, dict):
+            stack += list(failures.values())
+    return None
+
+
+def _is_uri(path: str) -> bool:
+    return path.startswith(STORAGE_SCHEMES)
+
+
+def _join(base: str, name: str) -> str:
+    return f"{base.rstrip('/')}/{name}" if _is_uri(base) else str(Path(base) / name)
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The run's metrics file as a list of records."""
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line]

@@ -1,0 +1,88 @@
+"""Where rank 0 writes metrics: a JSONL file per run, a progress line, TensorBoard and MLflow."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from llmft.config import Config
+
+
+class MetricsLogger:
+    """Appends one JSON object per logged step to `<run_dir>/metrics.jsonl`.
+
+    On a resume the lines after the restored step are dropped first, so the file shows each step
+    once, as it was finally trained.
+    """
+
+    def __init__(self, cfg: Config, *, run_dir: str, enabled: bool, total_steps: int, resumed_at: int):
+        self.enabled, self.total_steps, self.started = enabled, total_steps, time.time()
+        self.show_progress = cfg.logging.progress_bar
+        self.tensorboard = self.mlflow = None
+        if not enabled:
+            return
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _truncate_after(self.path, resumed_at)
+        self.file = self.path.open("a")
+        if cfg.logging.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        if cfg.logging.mlflow_tracking_uri:
+            import mlflow
+
+            mlflow.set_tracking_uri(cfg.logging.mlflow_tracking_uri)
+            mlflow.start_run(run_name=Path(run_dir).name)
+            mlflow.log_params({k: str(v) for k, v in cfg.dotted_values.items()})
+            self.mlflow = mlflow
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, **{k: v for k, v in metrics.items() if v is not None and k != "step"}}
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
+        if self.tensorboard:
+            for key, value in numbers.items():
+                self.tensorboard.add_scalar(key, value, step)
+        if self.mlflow:
+            self.mlflow.log_metrics({k: float(v) for k, v in numbers.items()}, step=step)
+        if self.show_progress:
+            print(progress_line(step, self.total_steps, record, time.time() - self.started), file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self.file.close()
+        if self.tensorboard:
+            self.tensorboard.close()
+        if self.mlflow:
+            self.mlflow.end_run()
+
+
+def progress_line(step: int, total: int, record: dict[str, Any], elapsed: float) -> str:
+    done = step / max(total, 1)
+    bar = "#" * int(20 * done) + "-" * (20 - int(20 * done))
+    parts = [f"[{bar}] step {step}/{total}"]
+    for key, fmt in (("train_loss", "loss {:.4f}"), ("valid_loss", "valid_loss {:.4f}"),
+                     ("train_token_accuracy", "acc {:.3f}"), ("lr", "lr {:.2e}"),
+                     ("trained_tokens_per_second", "{:,.0f} trained tok/s")):
+        if isinstance(record.get(key), (int, float)) and math.isfinite(record[key]):
+            parts.append(fmt.format(record[key]))
+    return " | ".join(parts) + f" | {elapsed:.0f}s"
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
