@@ -396,27 +396,29 @@ def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
 
 def _explain(exc: ValidationError, raw: dict, origins: dict[str, str], path: Path) -> str:
     known = _known_keys(Config)
-    problems = []
+    problems: dict[str, list[str]] = {}  # message prefix -> reasons (a union reports one per member)
     for err in exc.errors():
-        loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-after", "int", "literal"))]
-        # Pydantic puts union members in loc (e.g. "int", "literal['auto']"); keep the field path.
-        loc = [p for p in loc if "[" not in p and p not in ("str", "float", "bool", "none")]
-        dotted = ".".join(loc)
+        # Pydantic puts union members in loc (e.g. "int", "literal['auto']"); keep field names only.
+        dotted = ".".join(str(p) for p in err["loc"] if str(p) in known_names(known))
         where = origins.get(dotted) or _origin_prefix(origins, dotted) or str(path)
         if err["type"] == "extra_forbidden":
+            dotted = ".".join(str(p) for p in err["loc"])
             guess = difflib.get_close_matches(dotted, known, n=1, cutoff=0.6)
             hint = f" Did you mean `{guess[0]}`?" if guess else " See the config reference in README.md."
-            problems.append(f"{where}: unknown key `{dotted}`.{hint}")
+            problems.setdefault(f"{where}: unknown key `{dotted}`.{hint}", [])
         elif err["type"] == "missing":
-            problems.append(f"{where}: `{dotted}` is required but missing.")
+            problems.setdefault(f"{where}: `{dotted}` is required but missing.", [])
         elif not dotted:  # a cross-field check
-            problems.append(f"{where}: {err['msg'].removeprefix('Value error, ')}.")
+            problems.setdefault(f"{where}: {err['msg'].removeprefix('Value error, ')}.", [])
         else:
-            value = err.get("input")
-            problems.append(f"{where}: `{dotted}` = {value!r} is invalid: {err['msg']}.")
-    # One problem per key (unions report each member); keep the first.
-    unique = list(dict.fromkeys(problems))
-    return " ".join(unique)
+            reasons = problems.setdefault(f"{where}: `{dotted}` = {err.get('input')!r} is invalid:", [])
+            reasons.append(err["msg"].removeprefix("Input should be ").removeprefix("Value error, "))
+    return " ".join(f"{head} It should be {' or '.join(reasons)}." if reasons else head
+                    for head, reasons in problems.items())
+
+
+def known_names(known: list[str]) -> set[str]:
+    return {part for key in known for part in key.split(".")}
 
 
 def _origin_prefix(origins: dict[str, str], dotted: str) -> str | None:
