@@ -226,7 +226,7 @@ def models() -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the model.")
 @click.option("--layers", default=2, show_default=True)
 @click.option("--hidden", default=64, show_default=True)
-@click.option("--vocab", default=512, show_default=True)
+@click.option("--vocab", default=2048, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @_user_errors
 def models_make_tiny(out, layers, hidden, vocab, seed):

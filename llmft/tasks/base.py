@@ -53,3 +53,39 @@ class Task:
     format: Callable[[dict], Example]
     format_version: int = 1
     hub: HubSource | None = None
+    # For tasks whose text comes from the tokenizer's chat template: given a `Render`
+    # (the template as a pure function), return the formatter to use instead of `format`.
+    format_with_template: Callable[[Render], Callable[[dict], Example]] | None = None
+
+
+# `render(messages, add_generation_prompt) -> text`: a chat template as a pure function. The
+# tokenizer side builds it (e.g. from `tokenizer.apply_chat_template`), so tasks stay pure.
+Render = Callable[[list[dict], bool], str]
+
+
+def text_field(row: dict, name: str, *, allow_empty: bool = False) -> str:
+    """The string in `row[name]`; ValueError (naming the field) when missing, mistyped or empty."""
+    if name not in row or row[name] is None:
+        raise ValueError(f"missing field `{name}`")
+    value = row[name]
+    if not isinstance(value, str):
+        raise ValueError(f"field `{name}` must be a string, not {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise ValueError(f"field `{name}` is empty")
+    return value
+
+
+def marked_example(prompt_parts: list[tuple[str, str, str]], completion: tuple[str, str, str]) -> Example:
+    """An example in the special-token style `<START_X>x<END_X>...<START_Y>y<END_Y>`.
+
+    `prompt_parts` and `completion` are (start marker, text, end marker). The prompt (untrained)
+    runs up to and including the completion's start marker; the completion's text and its end
+    marker (the stop token) are trained.
+    """
+    start, answer, stop = completion
+    prompt = "".join(f"{s}{text}{e}" for s, text, e in prompt_parts) + start
+    return Example(
+        segments=(Segment(prompt, trained=False), Segment(answer + stop, trained=True)),
+        prompt=prompt,
+        reference=answer,
+    )

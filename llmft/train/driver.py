@@ -24,12 +24,12 @@ def run_training(cfg: Config, *, address: str | None = None, resume: str | None 
     """Train, then export the best checkpoint. Returns the run folder."""
     from llmft import checkpoint as ckpt
     from llmft.data.tokenize import tokenize_split
-    from llmft.models import load_tokenizer
+    from llmft.models import load_task_tokenizer
     from llmft.validate import local_model_hidden_size
 
     # -- data: tokenized once here (and cached), then shared with the workers
     cfg = absolute_paths(cfg)
-    tokenizer = load_tokenizer(cfg)
+    tokenizer = load_task_tokenizer(cfg)
     train_table = tokenize_split(cfg, tokenizer, "train")
     if train_table.num_rows == 0:
         raise LlmftError(f"data.train ({cfg.data.train}) has no usable examples after tokenization "

@@ -28,7 +28,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import deepspeed
 
     from llmft import checkpoint as ckpt
-    from llmft.models import load_model, load_tokenizer
+    from llmft.models import load_model, load_task_tokenizer
 
     cfg = Config.model_validate(loop_config["config"])
     context = ray.train.get_context()
@@ -55,7 +55,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     total_steps = min(cfg.training.max_steps or sum(steps_per_epoch), sum(steps_per_epoch))
 
     # ------------------------------------------------------------------ model
-    tokenizer = load_tokenizer(cfg)
+    tokenizer = load_task_tokenizer(cfg)
     ds_config = build_deepspeed_config(cfg, hidden_size=loop_config.get("hidden_size"))
     dtype = getattr(torch, training_dtype(cfg))
     model = load_model(cfg, tokenizer, ds_config, dtype)

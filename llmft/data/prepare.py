@@ -1,0 +1,353 @@
+"""`llmft prepare CONFIG`: check, tokenize and cache the data, and report on it.
+
+OpenAI's `prepare_data` checks and more, per configured split: row counts; malformed rows with
+file and line (then nothing is tokenized or written and the command exits 2); duplicate rows and
+valid/test prompts that also occur in train; rows over `data.max_length` counted with the real
+tokenizer; p50/p90/p99/max token lengths of prompt and completion; for prompt_completion data,
+whether prompts share a common ending separator and completions a common ending; trained tokens
+per epoch; padding efficiency with and without packing; and a few examples rendered with trained
+tokens told apart from masked ones (green vs dim in a terminal, `⟦...⟧` around trained text
+otherwise). The tokenized splits are left in the cache for `llmft train`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from llmft.data.sources import SPLITS, Rows, read_rows, source_of
+from llmft.data.tokenize import cache_path, formatter_for, special_token_boundary_ok, table_stats, tokenize_split
+from llmft.errors import LlmftError
+from llmft.tasks import Task, get_task
+
+EXAMPLES_SHOWN = 2
+PERCENTILES = (50, 90, 99)
+
+
+def run_prepare(cfg, as_json: bool, tokenizer=None) -> None:
+    """Print the data report for `cfg` (JSON with `as_json`); LlmftError (exit 2) on malformed rows."""
+    report = build_report(cfg, tokenizer)
+    if as_json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        print_report(report)
+    if report["malformed"]:
+        count = sum(len(v) for v in report["malformed"].values())
+        first = next(iter(report["malformed"].values()))[0]
+        raise LlmftError(f"{count} malformed row(s) (first: {first}); nothing was tokenized or "
+                         "written. Fix or remove them and run `llmft prepare` again.")
+
+
+def build_report(cfg, tokenizer=None) -> dict[str, Any]:
+    """Everything `prepare` shows, as plain data (tokenizing and caching the splits on the way)."""
+    task = get_task(cfg.data.task)
+    splits = [s for s in SPLITS if source_of(cfg, s) is not None]
+    rows = {split: read_rows(cfg, split) for split in splits}
+    report: dict[str, Any] = {
+        "config": cfg.source, "task": task.name, "max_length": cfg.data.max_length,
+        "over_length_policy": cfg.data.over_length, "splits": {}, "warnings": [],
+        "malformed": {split: r.problems for split, r in rows.items() if r.problems},
+    }
+    if report["malformed"]:
+        for split in splits:
+            report["splits"][split] = {"source": rows[split].source, "rows": len(rows[split].rows),
+                                       "malformed": len(rows[split].problems)}
+        return report
+
+    if tokenizer is None:
+        from llmft.models import load_task_tokenizer
+
+        tokenizer = load_task_tokenizer(cfg)
+    report["tokenizer"] = {"name": getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__,
+                           "vocab": len(tokenizer)}
+    report["warnings"] += _tokenizer_warnings(task, tokenizer)
+    formatter = formatter_for(task, tokenizer)
+    train_prompts = {formatter(row).prompt for row in rows["train"].rows} if "train" in rows else set()
+    tables = {}
+    for split in splits:
+        table = tokenize_split(cfg, tokenizer, split)
+        tables[split] = table
+        report["splits"][split] = _split_report(table, rows[split], formatter, split, train_prompts)
+        report["splits"][split]["cache"] = str(cache_path(cfg, tokenizer, split))
+        report["warnings"] += _split_warnings(report["splits"][split], split, cfg)
+    if task.name == "prompt_completion" and "train" in rows:
+        report["prompt_completion"] = _separator_checks(rows["train"].rows)
+        report["warnings"] += report["prompt_completion"]["warnings"]
+    if "train" in tables:
+        report["training"] = _training_report(cfg, tables["train"])
+        report["examples"] = _rendered_examples(tables["train"], rows["train"], tokenizer)
+    return report
+
+
+# ------------------------------------------------------------------------------- pieces
+
+
+def _tokenizer_warnings(task: Task, tokenizer) -> list[str]:
+    vocab = tokenizer.get_vocab()
+    bad = [t for t in task.special_tokens if t in vocab and not special_token_boundary_ok(tokenizer, t)]
+    if not bad:
+        return []
+    return [f"Text right after the special token {bad[0]} tokenizes differently from the same text on "
+            "its own (a sentencepiece tokenizer loaded with legacy=False). Training still works, but on "
+            "unusual pieces; load Llama tokenizers with legacy=True."]
+
+
+def _percentiles(values: np.ndarray) -> dict[str, int]:
+    if len(values) == 0:
+        return {f"p{p}": 0 for p in PERCENTILES} | {"max": 0}
+    out = {f"p{p}": int(np.percentile(values, p, method="higher")) for p in PERCENTILES}
+    return out | {"max": int(values.max())}
+
+
+def _split_report(table, rows: Rows, formatter, split: str, train_prompts: set[str]) -> dict[str, Any]:
+    stats = table_stats(table)
+    lengths = table.column("length").to_numpy()
+    prompt_lengths = table.column("prompt_length").to_numpy()
+    first_seen: dict[str, str] = {}  # formatted text -> where it first occurs
+    duplicates: list[str] = []
+    prompts = []
+    for row, where in zip(rows.rows, rows.where):
+        example = formatter(row)
+        text = "".join(s.text for s in example.segments)
+        if text in first_seen:
+            duplicates.append(f"{where} repeats {first_seen[text]}")
+        else:
+            first_seen[text] = where
+        prompts.append(example.prompt)
+    overlap = 0 if split == "train" else sum(1 for p in prompts if p in train_prompts)
+    return {
+        "source": rows.source,
+        "rows": len(rows.rows),
+        "malformed": 0,
+        "examples": table.num_rows,
+        "duplicates": len(duplicates),
+        "duplicate_rows": duplicates[:10],
+        "prompts_also_in_train": overlap,
+        "over_length": stats.get("over_length", 0),
+        "over_length_rows": stats.get("over_length_rows", [])[:10],
+        "truncated": stats.get("truncated", 0),
+        "dropped_over_length": stats.get("dropped_over_length", 0),
+        "dropped_untrained": stats.get("dropped_untrained", 0),
+        "longest": stats.get("longest", int(lengths.max(initial=0))),
+        "prompt_tokens": _percentiles(prompt_lengths),
+        "completion_tokens": _percentiles(lengths - prompt_lengths),
+        "total_tokens": _percentiles(lengths),
+        "trained_tokens": int(table.column("num_trained").to_numpy().sum()),
+    }
+
+
+def _split_warnings(split_report: dict, split: str, cfg) -> list[str]:
+    warnings = []
+    if split_report["duplicates"]:
+        warnings.append(f"{split}: {split_report['duplicates']} duplicate row(s), e.g. "
+                        f"{split_report['duplicate_rows'][0]}.")
+    if split_report["prompts_also_in_train"]:
+        warnings.append(f"{split}: {split_report['prompts_also_in_train']} prompt(s) also occur in train, "
+                        "so its metrics overstate generalisation.")
+    if split_report["over_length"]:
+        what = {"drop": "dropped", "truncate": "truncated", "error": "refused"}[cfg.data.over_length]
+        warnings.append(f"{split}: {split_report['over_length']} row(s) are longer than data.max_length = "
+                        f"{cfg.data.max_length} tokens (longest {split_report['longest']}) and were {what} "
+                        f"(data.over_length), e.g. {split_report['over_length_rows'][0]}.")
+    if split_report["dropped_untrained"]:
+        warnings.append(f"{split}: {split_report['dropped_untrained']} row(s) had no trained token left and "
+                        "were dropped.")
+    if split_report["examples"] == 0:
+        warnings.append(f"{split}: no example is left to train or evaluate on.")
+    return warnings
+
+
+def _common_suffix(texts: list[str]) -> str:
+    reversed_prefix = os.path.commonprefix([t[::-1] for t in texts])
+    return reversed_prefix[::-1]
+
+
+def _separator_checks(rows: list[dict]) -> dict[str, Any]:
+    """OpenAI prepare_data's checks: a common prompt separator and a common completion ending."""
+    prompts = [r["prompt"] for r in rows]
+    completions = [r["completion"] for r in rows]
+    separator = _common_suffix(prompts) if prompts else ""
+    ending = _common_suffix(completions) if completions else ""
+    warnings = []
+    if not separator:
+        warnings.append("Prompts do not end with a common separator, so the model cannot tell where a "
+                        "prompt ends and its completion should start. End every prompt with the same "
+                        "separator that appears nowhere else, e.g. `\\n\\n###\\n\\n`.")
+    elif any(separator in p[:-len(separator)] for p in prompts):
+        warnings.append(f"The prompt separator {separator!r} also appears inside some prompts; pick one "
+                        "that appears only at the end.")
+    if not ending:
+        warnings.append("Completions do not end with a common stop sequence. llmft appends the "
+                        "tokenizer's EOS token to every completion and generation stops there, but if "
+                        "you also stop on a string at inference time, end every completion with it "
+                        "(e.g. `\\n` or ` END`).")
+    leading_space = sum(1 for c in completions if c[:1].isspace())
+    return {"common_prompt_separator": separator, "common_completion_ending": ending,
+            "completions_starting_with_whitespace": leading_space, "warnings": warnings}
+
+
+def _training_report(cfg, table) -> dict[str, Any]:
+    from llmft.config import resolve_auto
+
+    lengths = table.column("length").to_numpy().astype(int).tolist()
+    resolved = resolve_auto(cfg, len(lengths))
+    batch = resolved.global_batch_size
+    max_length = cfg.data.max_length
+    packed_rows = _pack(lengths, max_length)
+    return {
+        "examples_per_epoch": len(lengths),
+        "trained_tokens_per_epoch": int(table.column("num_trained").to_numpy().sum()),
+        "tokens_per_epoch": int(sum(lengths)),
+        "packing": cfg.data.packing,
+        "global_batch_size": batch,
+        "steps_per_epoch_packed": -(-len(packed_rows) // batch) if packed_rows else 0,
+        "steps_per_epoch_unpacked": -(-len(lengths) // batch) if lengths else 0,
+        "padding_efficiency": {
+            "packing": round(sum(lengths) / (len(packed_rows) * max_length), 4) if packed_rows else 0.0,
+            "length_grouped_padding": _padding_efficiency(resolved, lengths),
+            "padding_to_max_length": round(sum(lengths) / (len(lengths) * max_length), 4) if lengths else 0.0,
+        },
+    }
+
+
+def _pack(lengths: list[int], max_length: int) -> list[list[int]]:
+    try:
+        from llmft.data.batching import pack_examples
+    except ImportError:  # the batching module is optional for this report
+        return _greedy_pack(lengths, max_length)
+    return pack_examples(lengths, max_length)
+
+
+def _greedy_pack(lengths: list[int], max_length: int) -> list[list[int]]:
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        slot = next((r for r, room in enumerate(free) if room >= lengths[index]), None)
+        if slot is None:
+            rows.append([index])
+            free.append(max_length - lengths[index])
+        else:
+            rows[slot].append(index)
+            free[slot] -= lengths[index]
+    return rows
+
+
+def _padding_efficiency(cfg, lengths: list[int]) -> float:
+    """Real tokens / padded tokens when micro-batches are padded to their longest example."""
+    if not lengths:
+        return 0.0
+    micro = cfg.training.micro_batch_size
+    try:
+        from llmft.data.batching import plan_epoch, worker_micro_batches
+    except ImportError:
+        ordered = sorted(lengths)
+        batches = [ordered[i:i + micro] for i in range(0, len(ordered), micro)]
+        return round(sum(lengths) / sum(len(b) * max(b) for b in batches), 4)
+    padded = 0
+    plan = plan_epoch(lengths, epoch=0, seed=cfg.training.seed, max_length=cfg.data.max_length,
+                      packing=False, global_batch_size=cfg.global_batch_size)
+    for global_batch in plan:
+        for rank in range(cfg.world_size):
+            for rows in worker_micro_batches(global_batch, rank=rank, world_size=cfg.world_size,
+                                             micro_batch_size=micro):
+                width = max([sum(lengths[i] for i in row) for row in rows] + [1])
+                padded += width * len(rows)
+    return round(sum(lengths) / padded, 4) if padded else 0.0
+
+
+def _rendered_examples(table, rows: Rows, tokenizer) -> list[dict[str, Any]]:
+    shown = []
+    for record in table.slice(0, EXAMPLES_SHOWN).to_pylist():
+        pieces = _token_texts(tokenizer, record["input_ids"])
+        runs: list[dict[str, Any]] = []
+        for piece, label in zip(pieces, record["labels"]):
+            trained = label != -100
+            if runs and runs[-1]["trained"] == trained:
+                runs[-1]["text"] += piece
+            else:
+                runs.append({"text": piece, "trained": trained})
+        shown.append({"row": rows.where[record["row_index"]], "tokens": record["length"],
+                      "trained_tokens": record["num_trained"], "runs": runs})
+    return shown
+
+
+def _token_texts(tokenizer, ids: list[int]) -> list[str]:
+    """The text each token adds, from decoding growing prefixes (works for any tokenizer type)."""
+    pieces, previous = [], ""
+    for k in range(len(ids)):
+        text = tokenizer.decode(ids[:k + 1], skip_special_tokens=False)
+        if text.startswith(previous):
+            pieces.append(text[len(previous):])
+        else:
+            pieces.append(tokenizer.convert_ids_to_tokens(ids[k]))
+        previous = text
+    return pieces
+
+
+# ------------------------------------------------------------------------------- output
+
+
+def print_report(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console()
+    if report["malformed"]:
+        console.print(f"[bold red]Malformed rows[/] in the data of {report['config'] or 'this config'}:")
+        for split, problems in report["malformed"].items():
+            for problem in problems:
+                # soft_wrap: keep "file line N" whole for copying and grepping
+                console.print(f"  data.{split}: {problem}", markup=False, highlight=False, soft_wrap=True)
+        return
+    console.print(f"[bold]Data report[/] for {report['config']} (task {report['task']}, tokenizer "
+                  f"{report['tokenizer']['name']}, {report['tokenizer']['vocab']} tokens)", highlight=False)
+    table = Table(title=f"Splits (max_length {report['max_length']}, over_length: {report['over_length_policy']})")
+    for column in ("split", "rows", "exam-\nples", "dupli-\ncates", "over\nlen", "prompt\np50/90/99/max",
+                   "completion\np50/90/99/max", "trained\ntokens"):
+        table.add_column(column, overflow="fold")
+    for split, s in report["splits"].items():
+        table.add_row(split, str(s["rows"]), str(s["examples"]), str(s["duplicates"]),
+                      str(s["over_length"]), _fmt_percentiles(s["prompt_tokens"]),
+                      _fmt_percentiles(s["completion_tokens"]), f"{s['trained_tokens']:,}")
+    for split, s in report["splits"].items():
+        console.print(f"  data.{split}: {s['source']}", highlight=False)
+    console.print(table)
+    if "training" in report:
+        t = report["training"]
+        eff = t["padding_efficiency"]
+        console.print(
+            f"Training: {t['examples_per_epoch']:,} examples, [bold]{t['trained_tokens_per_epoch']:,} trained "
+            f"tokens per epoch[/] of {t['tokens_per_epoch']:,}. Global batch {t['global_batch_size']}: "
+            f"{t['steps_per_epoch_packed']} steps/epoch packed, {t['steps_per_epoch_unpacked']} unpacked.")
+        console.print(
+            f"Padding efficiency (real / computed tokens): packing {eff['packing']:.1%}, length-grouped "
+            f"padding {eff['length_grouped_padding']:.1%}, padding to max_length "
+            f"{eff['padding_to_max_length']:.1%}. Packing is {'on' if t['packing'] else 'off'} (data.packing).")
+    if "prompt_completion" in report:
+        pc = report["prompt_completion"]
+        console.print(f"Common prompt separator: {pc['common_prompt_separator']!r}; common completion "
+                      f"ending: {pc['common_completion_ending']!r}.", markup=False, highlight=False)
+    for warning in report["warnings"]:
+        console.print(Text("warning: ", style="bold yellow") + Text(warning))
+    for example in report.get("examples", []):
+        colour = console.is_terminal and not console.no_color
+        legend = "green: trained, dim: masked" if colour else "⟦trained⟧, the rest masked"
+        console.print(f"\n[bold]{example['row']}[/] ({example['tokens']} tokens, {example['trained_tokens']} "
+                      f"trained; {legend}):", highlight=False)
+        text = Text()
+        for run in example["runs"]:
+            if colour:
+                text.append(run["text"], style="bold green" if run["trained"] else "dim")
+            else:
+                text.append(f"⟦{run['text']}⟧" if run["trained"] else run["text"])
+        console.print(text)
+    console.print("\nTokenized splits cached: " + ", ".join(
+        f"{split} -> {s['cache']}" for split, s in report["splits"].items()), highlight=False)
+
+
+def _fmt_percentiles(p: dict[str, int]) -> str:
+    return "/".join(str(p[k]) for k in ("p50", "p90", "p99", "max"))

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Installs llmft and its test extras into the current Python environment.
+# torch is installed first only when missing: on the project's CPU machines `torch==2.13.0` is the
+# CPU build that lies on disk; an unpinned torch would pull a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if ! "$PY" -c "import torch" 2>/dev/null; then
+  "$PY" -m pip install -q "torch==2.13.0"
+fi
+"$PY" -m pip install -q -e ".[dev]"

@@ -1,0 +1,24 @@
+"""Shared fixtures: a tiny random Llama with a real sentencepiece tokenizer, and Ray settings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Quiet, local, loopback-only Ray for every test that starts one.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """`llmft models make-tiny`: 2 layers, hidden 64, a sentencepiece tokenizer trained on the samples."""
+    from llmft.models import make_tiny_llama
+
+    out = tmp_path_factory.mktemp("models") / "tiny-llama"
+    make_tiny_llama(out)
+    return out
