@@ -166,7 +166,10 @@ def connect(address: str | None) -> None:
                              "(`ray status` on the head), or unset RAY_ADDRESS to use a local Ray.") from None
     else:
         # Loopback only: an embedded Ray must never expose its ports or dashboard to the network.
-        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=True)
+        context = ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=True)
+        # Ray's helper processes look the cluster up again; point them at this one, not at any
+        # other Ray running on the machine.
+        os.environ["RAY_ADDRESS"] = context.address_info["address"]
 
 
 def check_placement(cfg: Config) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -55,7 +54,7 @@ class MetricsLogger:
         if self.mlflow:
             self.mlflow.log_metrics({k: float(v) for k, v in numbers.items()}, step=step)
         if self.show_progress:
-            print(progress_line(step, self.total_steps, record, time.time() - self.started), file=sys.stderr, flush=True)
+            print(progress_line(step, self.total_steps, record, time.time() - self.started), flush=True)
 
     def close(self) -> None:
         if not self.enabled:

@@ -39,6 +39,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     else:
         torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
     torch.manual_seed(cfg.training.seed)
+    # Ray Train has set up torch.distributed; DeepSpeed's comm layer must adopt it before
+    # zero.Init (which sizes its partitions by the world size) runs inside from_pretrained.
+    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     fault = FaultInjection.from_env(rank)
 
     # ------------------------------------------------------------------ data
