@@ -47,7 +47,7 @@ def test_cli_trains_tiny_viggo_with_two_workers_and_zero3(tiny_model_dir, tmp_pa
     records = read_metrics(tmp_path / "run")
     losses = [r["train_loss"] for r in records if "train_loss" in r]
     assert len(losses) == 24
-    assert sum(losses[-4:]) / 4 < 0.6 * sum(losses[:4]) / 4, losses
+    assert sum(losses[-4:]) / 4 < 0.75 * sum(losses[:4]) / 4, losses
     assert any("valid_loss" in r for r in records)
     exported = tmp_path / "run" / "model"
     from transformers import AutoTokenizer
