@@ -6,6 +6,7 @@ checkpoints), end. Everything it calls is a plain function in this file or a sma
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -42,7 +43,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # Ray Train has set up torch.distributed; DeepSpeed's comm layer must adopt it before
     # zero.Init (which sizes its partitions by the world size) runs inside from_pretrained.
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
-    fault = FaultInjection.from_env(rank)
+    hooks = TestHooks(rank)
 
     # ------------------------------------------------------------------ data
     # The driver tokenized and cached the data once; Ray's object store ships it to each node.
@@ -93,8 +94,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             batch_trained_tokens = trained_tokens(train_data, batch)
             step_stats = TokenStats()
             lr = engine.optimizer.param_groups[0]["lr"]
-            for rows in worker_micro_batches(batch, rank=rank, world_size=world_size,
-                                             micro_batch_size=cfg.training.micro_batch_size):
+            micro_batches = worker_micro_batches(batch, rank=rank, world_size=world_size,
+                                                 micro_batch_size=cfg.training.micro_batch_size)
+            hooks.record_examples(global_step + 1, epoch, micro_batches)
+            for rows in micro_batches:
                 tensors = {k: v.to(device) for k, v in collate(train_data, rows, pad_id=tokenizer.pad_token_id,
                                                                 block_mask=block_mask).items()}
                 logits = engine(input_ids=tensors["input_ids"], attention_mask=tensors.get("attention_mask"),
@@ -106,7 +109,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 engine.backward(loss_sum * world_size / max(batch_trained_tokens, 1), scale_wrt_gas=False)
                 engine.step()  # steps optimizer and scheduler only at the accumulation boundary
                 step_stats.add(stats)
-                fault.maybe_crash(global_step + 1)
+                hooks.maybe_crash(global_step + 1)
             global_step += 1
             step_stats = all_reduce(step_stats, device)
             step_time = time.perf_counter() - step_start
@@ -142,6 +145,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         epoch, skip = epoch + 1, 0
 
     # ------------------------------------------------------------------ end
+    hooks.record_final_logits(engine, valid_data or train_data, device)
     logger.close()
 
 
@@ -215,23 +219,44 @@ def evaluate(engine, data: Columns, cfg: Config, rank: int, world_size: int, dev
     return metrics
 
 
-class FaultInjection:
-    """Test-only switch: `LLMFT_FAULT_KILL_AT_STEP=N` kills worker `LLMFT_FAULT_RANK` (default 1)
-    once, during step N, to exercise Ray's failure recovery. `LLMFT_FAULT_MARKER` names a file
-    that records the kill so the restarted worker does not die again."""
+class TestHooks:
+    """Test-only switches, read from the environment (the workers inherit LLMFT_* variables).
 
-    def __init__(self, step: int | None, marker: str | None, armed: bool):
-        self.step, self.marker, self.armed = step, marker, armed
+    - `LLMFT_FAULT_KILL_AT_STEP=N`: worker `LLMFT_FAULT_RANK` (default 1) dies during step N,
+      once: `LLMFT_FAULT_MARKER` names a file that records the kill, so the restarted worker
+      carries on. Exercises Ray's failure recovery and `--resume`.
+    - `LLMFT_TRACE_DIR=DIR`: each worker appends the examples of every step to
+      `DIR/examples_rank<R>.jsonl`, and rank 0 saves the final model's logits on a fixed input
+      to `DIR/final_logits.pt` (to check exactly-once data after a restore, and the export).
+    """
 
-    @classmethod
-    def from_env(cls, rank: int) -> "FaultInjection":
+    def __init__(self, rank: int):
+        self.rank = rank
         step = os.environ.get("LLMFT_FAULT_KILL_AT_STEP")
-        marker = os.environ.get("LLMFT_FAULT_MARKER")
-        armed = bool(step and marker) and rank == int(os.environ.get("LLMFT_FAULT_RANK", "1"))
-        return cls(int(step) if step else None, marker, armed)
+        self.kill_step = int(step) if step else None
+        self.marker = os.environ.get("LLMFT_FAULT_MARKER")
+        self.kill_armed = bool(step and self.marker) and rank == int(os.environ.get("LLMFT_FAULT_RANK", "1"))
+        self.trace_dir = os.environ.get("LLMFT_TRACE_DIR")
 
     def maybe_crash(self, step: int) -> None:
-        if self.armed and step == self.step and not os.path.exists(self.marker):
+        if self.kill_armed and step == self.kill_step and not os.path.exists(self.marker):
             with open(self.marker, "w") as f:
                 f.write(str(step))
             os._exit(1)
+
+    def record_examples(self, step: int, epoch: int, micro_batches) -> None:
+        if self.trace_dir:
+            examples = [i for rows in micro_batches for row in rows for i in row]
+            with open(os.path.join(self.trace_dir, f"examples_rank{self.rank}.jsonl"), "a") as f:
+                f.write(json.dumps({"step": step, "epoch": epoch, "examples": examples}) + "\n")
+
+    def record_final_logits(self, engine, data: Columns, device: torch.device) -> None:
+        if not self.trace_dir:
+            return
+        input_ids = torch.tensor([data.input_ids[0]], device=device)
+        engine.eval()
+        with torch.no_grad():  # every rank runs it: ZeRO-3 gathers parameters collectively
+            logits = engine(input_ids=input_ids, use_cache=False).logits
+        if self.rank == 0:
+            torch.save({"input_ids": input_ids.cpu(), "logits": logits.float().cpu()},
+                       os.path.join(self.trace_dir, "final_logits.pt"))
