@@ -1,0 +1,122 @@
+"""`llmft eval`: generate answers for a split, score them, write predictions and results.
+
+The prompt is the task's own format (the one the model was fine-tuned on). `--few-shot K`
+puts K formatted training examples before each prompt, the baseline the case study and
+OpenAI's guide recommend measuring before fine-tuning. A base model that lacks the task's
+marker tokens reads them as plain text and the stop marker is matched as text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from llmft.config import Config
+from llmft.errors import LlmftError
+
+MAX_NEW_TOKENS_CAP = 512
+
+
+def run_eval(cfg: Config, *, model: str | None, split: str, limit: int | None, few_shot: int,
+             out: str | None, address: str | None, batch_size: int = 8) -> dict[str, Any]:
+    from llmft.data.sources import load_rows, source_fingerprint
+    from llmft.data.tokenize import formatter_for
+    from llmft.eval.generate import generate_with_ray
+    from llmft.eval.metrics import score_with_examples
+    from llmft.models import load_tokenizer
+    from llmft.tasks import get_task
+    from llmft.train.deepspeed import training_dtype
+    from llmft.train.driver import absolute_paths, connect
+
+    # -- model and data (user errors surface here, before Ray starts)
+    cfg = absolute_paths(cfg.model_copy(update={"model": cfg.model.model_copy(
+        update={"name_or_path": model or cfg.model.name_or_path, "tokenizer": None})}))
+    model_path = cfg.model.name_or_path
+    tokenizer = load_tokenizer(cfg)
+    task = get_task(cfg.data.task)
+    if getattr(cfg.data, split) is None:
+        raise LlmftError(f"data.{split} is not set in {cfg.source}; give the split's source or choose another --split.")
+    rows = load_rows(cfg, split)[:limit] if limit else load_rows(cfg, split)
+    formatter = formatter_for(task, tokenizer)
+    examples = [formatter(row) for row in rows]
+    shots = few_shot_prefix(cfg, task, formatter, tokenizer, few_shot)
+    prompts = [shots + ex.prompt for ex in examples]
+    references = [ex.reference for ex in examples]
+    contexts = [row.get("context") for row in rows] if task.name == "sql" else None
+    longest = max((len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in references), default=16)
+    max_new_tokens = min(MAX_NEW_TOKENS_CAP, int(longest * 1.5) + 16)
+
+    # -- generate on Ray workers, one model replica each
+    connect(address)
+    started = time.perf_counter()
+    predictions = generate_with_ray(
+        prompts, model_path=model_path, stop_token=task.stop_token, max_new_tokens=max_new_tokens,
+        num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu, cpus_per_worker=cfg.scaling.cpus_per_worker,
+        dtype=training_dtype(cfg), batch_size=batch_size, trust_remote_code=cfg.model.trust_remote_code)
+    seconds = time.perf_counter() - started
+
+    # -- score and write
+    metrics, per_example = score_with_examples(task.name, predictions, references, contexts)
+    out_path = Path(out) if out else Path("outputs/eval") / f"{task.name}-{Path(model_path).name}-{split}-{few_shot}shot.json"
+    predictions_path = out_path.with_suffix(".predictions.jsonl")
+    results = {
+        "task": task.name, "model": model_path, "label": label_for(model_path, few_shot), "split": split,
+        "few_shot": few_shot, "num_examples": len(examples), "metrics": metrics,
+        "data_hash": source_fingerprint(cfg, split), "config": cfg.model_dump(mode="json"),
+        "predictions_file": predictions_path.name,
+        "generation": {"seconds": seconds, "examples_per_second": len(examples) / max(seconds, 1e-9),
+                       "max_new_tokens": max_new_tokens, "workers": cfg.scaling.num_workers, "batch_size": batch_size},
+    }
+    lines = [json.dumps({"index": i, "prompt": ex.prompt, "reference": ex.reference, "prediction": pred, **detail})
+             for i, (ex, pred, detail) in enumerate(zip(examples, predictions, per_example))]
+    _write_atomic(predictions_path, "".join(line + "\n" for line in lines))
+    _write_atomic(out_path, json.dumps(results, indent=2))
+    _print_summary(results, out_path)
+    return results
+
+
+def few_shot_prefix(cfg: Config, task, formatter, tokenizer, k: int) -> str:
+    """The first K training examples, each in full (prompt, answer, stop marker)."""
+    if k <= 0:
+        return ""
+    from llmft.data.sources import load_rows
+
+    if cfg.data.train is None:
+        raise LlmftError("--few-shot needs data.train to draw examples from.")
+    stop = "" if task.stop_token else (tokenizer.eos_token or "")
+    shots = [formatter(row) for row in load_rows(cfg, "train")[:k]]
+    return "".join("".join(seg.text for seg in shot.segments) + stop + "\n" for shot in shots)
+
+
+def label_for(model_path: str, few_shot: int) -> str:
+    name = Path(model_path).name
+    if name == "model" and Path(model_path).parent.name:  # an llmft run's export: name it after the run
+        name = Path(model_path).parent.name
+    return f"{name} ({few_shot}-shot)" if few_shot else name
+
+
+def _print_summary(results: dict[str, Any], out_path: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{results['task']} {results['split']}: {results['label']}, {results['num_examples']} examples")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in results["metrics"].items():
+        if isinstance(value, float):
+            table.add_row(key, f"{value:.3f}")
+        elif isinstance(value, int):
+            table.add_row(key, str(value))
+    console = Console()
+    console.print(table)
+    console.print(f"results: {out_path}  predictions: {out_path.with_suffix('.predictions.jsonl')}")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
