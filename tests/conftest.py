@@ -12,6 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 # Quiet, local, loopback-only Ray for every test that starts one.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Before Ray is imported: otherwise a local Ray's services listen on every interface.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,9 @@ MAX_NEW_TOKENS_CAP = 512
 
 def run_eval(cfg: Config, *, model: str | None, split: str, limit: int | None, few_shot: int,
              out: str | None, address: str | None, batch_size: int = 8) -> dict[str, Any]:
+    from llmft.train.driver import keep_embedded_ray_on_loopback
+
+    keep_embedded_ray_on_loopback(address)
     from llmft.data.sources import load_rows, source_fingerprint
     from llmft.data.tokenize import formatter_for
     from llmft.eval.generate import generate_with_ray

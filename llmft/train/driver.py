@@ -22,6 +22,7 @@ STORAGE_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "hdfs://")
 def run_training(cfg: Config, *, address: str | None = None, resume: str | None = None,
                  extra_env: dict[str, str] | None = None) -> Path:
     """Train, then export the best checkpoint. Returns the run folder."""
+    keep_embedded_ray_on_loopback(address)
     from llmft import checkpoint as ckpt
     from llmft.data.tokenize import tokenize_split
     from llmft.models import load_task_tokenizer
@@ -148,6 +149,14 @@ def resolve_run(cfg: Config, resume: str | None) -> tuple[str, str | None]:
     check_compatible(read_state(path), cfg, cfg.world_size, where=path)
     name = (base or path.parent.name) + f"-resumed-{time.strftime('%Y%m%d-%H%M%S')}"
     return name, str(path)
+
+
+def keep_embedded_ray_on_loopback(address: str | None) -> None:
+    """Without this, an embedded Ray's GCS, raylet and agents listen on every interface even with
+    `_node_ip_address=127.0.0.1`. Ray reads the switch when it is first imported, so this runs
+    before any `import ray`; it is left alone when joining a real cluster."""
+    if not (address or os.environ.get("RAY_ADDRESS")):
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 def connect(address: str | None) -> None:
