@@ -1,0 +1,61 @@
+"""Task metrics: pure functions from predictions and references (and, for SQL, the CREATE TABLE
+context) to a flat dict of named numbers.
+
+Conventions every metric follows, so `llmft compare` can treat them alike:
+- rates are floats in [0, 1] (`exact_match`, `execution_match`, `accuracy`, ...);
+- counts are ints (`num_examples`, `unparseable`, `invalid_sql`, `no_number`, ...);
+- anything else (the classification `confusion_matrix`) is a nested dict, never a column.
+Per-example dicts carry booleans and always a `correct` key: the task's primary metric
+(`PRIMARY_METRIC`), which the predictions JSONL stores per example.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from llmft.errors import LlmftError
+
+
+def _module(task: str) -> ModuleType:
+    # Imported on demand: sqlglot is only needed for SQL.
+    if task == "viggo":
+        from llmft.eval.metrics import viggo as module
+    elif task == "sql":
+        from llmft.eval.metrics import sql as module
+    elif task == "gsm8k":
+        from llmft.eval.metrics import gsm8k as module
+    elif task in ("prompt_completion", "chat"):
+        from llmft.eval.metrics import generic as module
+    else:
+        raise LlmftError(f"No metrics for task {task!r}: known tasks are {', '.join(TASKS)}. "
+                         "Set `task.name` in the config to one of them.")
+    return module
+
+
+TASKS = ("viggo", "sql", "gsm8k", "prompt_completion", "chat")
+PRIMARY_METRIC = {"viggo": "exact_match", "sql": "execution_match", "gsm8k": "accuracy",
+                  "prompt_completion": "exact_match", "chat": "exact_match"}
+
+
+def _check_lengths(predictions: list[str], references: list[str], contexts: list | None) -> None:
+    if len(predictions) != len(references) or (contexts is not None and len(contexts) != len(references)):
+        raise ValueError(f"{len(predictions)} predictions, {len(references)} references and "
+                         f"{'no' if contexts is None else len(contexts)} contexts: they must match")
+
+
+def score_with_examples(task: str, predictions: list[str], references: list[str],
+                        contexts: list[str | None] | None = None) -> tuple[dict, list[dict]]:
+    """The aggregate metrics and the per-example dicts, in one pass (SQL executes queries once)."""
+    _check_lengths(predictions, references, contexts)
+    return _module(task).score_examples(list(predictions), list(references), contexts)
+
+
+def score(task: str, predictions: list[str], references: list[str],
+          contexts: list[str | None] | None = None) -> dict:
+    """The task's aggregate metrics: rates in [0, 1] as floats, counts as ints."""
+    return score_with_examples(task, predictions, references, contexts)[0]
+
+
+def score_example(task: str, prediction: str, reference: str, context: str | None = None) -> dict:
+    """One example's metrics as booleans (and a few details); `correct` is the primary metric."""
+    return _module(task).score_example(prediction, reference, context)
