@@ -86,27 +86,36 @@ def metric_columns(all_results: list[dict[str, Any]]) -> list[str]:
 
 
 def rate_columns(all_results: list[dict[str, Any]], columns: list[str]) -> list[str]:
-    """Columns holding rates: floats in [0, 1] in every result that has them."""
+    """Columns holding rates: values in [0, 1], at least one written as a float.
+
+    Counts are ints, so a count column of 0s and 1s is not mistaken for a rate, while a rate that
+    another writer stored as a bare `1` is still one.
+    """
     rates = []
     for key in columns:
         values = [r["metrics"][key] for r in all_results if key in r["metrics"]]
-        if all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in values):
+        if all(0.0 <= v <= 1.0 for v in values) and any(isinstance(v, float) for v in values):
             rates.append(key)
     return rates
 
 
 # --- table -------------------------------------------------------------------------------------
 
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
+def _cell(value: Any, rate: bool = False) -> str:
+    if value is None:
+        return MISSING
+    if isinstance(value, float) or (rate and _is_number(value)):
         return f"{value:.3f}"
-    return MISSING if value is None else str(value)
+    return str(value)
 
 
-def table_rows(all_results: list[dict[str, Any]], names: list[str], columns: list[str]) -> tuple[list[str], list[list[str]]]:
+def table_rows(all_results: list[dict[str, Any]], names: list[str],
+               columns: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: model, split, few-shot, then one column per metric."""
+    rates = set(rate_columns(all_results, columns))
     header = ["model", "split", "few-shot", *columns]
     rows = [[name, _cell(r.get("split")), _cell(r.get("few_shot")),
-             *(_cell(r["metrics"].get(key)) for key in columns)]
+             *(_cell(r["metrics"].get(key), key in rates) for key in columns)]
             for name, r in zip(names, all_results)]
     return header, rows
 
@@ -138,7 +147,8 @@ def print_table(task: str, header: list[str], rows: list[list[str]], notes: list
 
     table = Table(title=f"llmft compare: {task}")
     for i, column in enumerate(header):
-        table.add_column(column, justify="left" if i == 0 else "right", overflow="fold")
+        # The model name stays on one line; long metric names fold when the terminal is narrow.
+        table.add_column(column, justify="left" if i == 0 else "right", overflow="fold", no_wrap=i == 0)
     for row in rows:
         table.add_row(*row)
     console = Console()
@@ -166,10 +176,11 @@ def render_chart(path: str, task: str, all_results: list[dict[str, Any]], names:
         bars = axes.bar(positions, values, width, label=name)
         axes.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
     axes.set_xticks(range(len(columns)), columns, rotation=20, ha="right")
-    axes.set_ylim(0, 1.1)
+    axes.set_ylim(0, 1.25)  # headroom so the legend does not hide bars near 1.0
+    axes.set_yticks([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
     axes.set_ylabel("rate")
     axes.set_title(f"llmft compare: {task}")
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=8, loc="upper center", ncol=min(len(names), 3), frameon=False)
     figure.tight_layout()
     _write_atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
 

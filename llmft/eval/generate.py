@@ -54,13 +54,51 @@ class Generator:
         return [self.clean(text) for text in texts]
 
     def clean(self, text: str) -> str:
-        """The answer: the text before the stop marker, without padding or EOS."""
-        if self.stop_text and self.stop_text in text:
-            text = text.split(self.stop_text, 1)[0]
-        for token in {self.tokenizer.pad_token, self.tokenizer.eos_token}:
-            if token:
-                text = text.replace(token, "")
-        return text.strip()
+        return clean_prediction(text, self.stop_text, self.tokenizer)
+
+
+def clean_prediction(text: str, stop_text: str | None, tokenizer) -> str:
+    """The answer: the text before the stop marker, without padding or EOS."""
+    if stop_text and stop_text in text:
+        text = text.split(stop_text, 1)[0]
+    for token in {tokenizer.pad_token, tokenizer.eos_token}:
+        if token:
+            text = text.replace(token, "")
+    return text.strip()
+
+
+@torch.no_grad()
+def generate_sharded(model, tokenizer, prompts: list[str], *, stop_token: str | None, max_new_tokens: int,
+                     batch_size: int, rank: int, world_size: int, device: torch.device) -> list[str]:
+    """Greedy answers for `prompts`, split across the training workers, gathered on every rank.
+
+    Under ZeRO-3 every forward pass gathers parameters collectively, so all ranks run the same
+    number of `generate` calls (short shards are filled with a repeat) with `synced_gpus`.
+    """
+    import torch.distributed as dist
+
+    mine = list(range(rank, len(prompts), world_size))
+    per_rank = -(-len(prompts) // world_size)
+    calls = -(-per_rank // batch_size)
+    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    stop_text = stop_token or tokenizer.eos_token
+    eos_ids = [i for i in {tokenizer.convert_tokens_to_ids(stop_text), tokenizer.eos_token_id} if i is not None]
+    answers: dict[int, str] = {}
+    for call in range(calls):
+        chunk = mine[call * batch_size:(call + 1) * batch_size]
+        batch = [prompts[i] for i in chunk] or [prompts[0]]
+        encoded = tokenizer(batch, return_tensors="pt", padding=True).to(device)
+        output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                use_cache=True, eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id,
+                                synced_gpus=world_size > 1)
+        texts = tokenizer.batch_decode(output[:, encoded["input_ids"].shape[1]:], skip_special_tokens=False)
+        answers.update({i: clean_prediction(t, stop_text, tokenizer) for i, t in zip(chunk, texts)})
+    tokenizer.padding_side = padding_side
+    if world_size > 1:
+        gathered: list[dict[int, str]] = [{} for _ in range(world_size)]
+        dist.all_gather_object(gathered, answers)
+        answers = {i: text for part in gathered for i, text in part.items()}
+    return [answers[i] for i in range(len(prompts))]
 
 
 def generate_with_ray(prompts: list[str], *, model_path: str, stop_token: str | None, max_new_tokens: int,

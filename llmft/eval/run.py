@@ -25,8 +25,7 @@ def run_eval(cfg: Config, *, model: str | None, split: str, limit: int | None, f
     from llmft.train.driver import keep_embedded_ray_on_loopback
 
     keep_embedded_ray_on_loopback(address)
-    from llmft.data.sources import load_rows, source_fingerprint
-    from llmft.data.tokenize import formatter_for
+    from llmft.data.sources import source_fingerprint
     from llmft.eval.generate import generate_with_ray
     from llmft.eval.metrics import score_with_examples
     from llmft.models import load_tokenizer
@@ -42,15 +41,9 @@ def run_eval(cfg: Config, *, model: str | None, split: str, limit: int | None, f
     task = get_task(cfg.data.task)
     if getattr(cfg.data, split) is None:
         raise LlmftError(f"data.{split} is not set in {cfg.source}; give the split's source or choose another --split.")
-    rows = load_rows(cfg, split)[:limit] if limit else load_rows(cfg, split)
-    formatter = formatter_for(task, tokenizer)
-    examples = [formatter(row) for row in rows]
-    shots = few_shot_prefix(cfg, task, formatter, tokenizer, few_shot)
-    prompts = [shots + ex.prompt for ex in examples]
-    references = [ex.reference for ex in examples]
-    contexts = [row.get("context") for row in rows] if task.name == "sql" else None
-    longest = max((len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in references), default=16)
-    max_new_tokens = min(MAX_NEW_TOKENS_CAP, int(longest * 1.5) + 16)
+    inputs = generation_inputs(cfg, tokenizer, split, limit=limit, few_shot=few_shot)
+    examples, prompts = inputs["examples"], inputs["prompts"]
+    references, contexts, max_new_tokens = inputs["references"], inputs["contexts"], inputs["max_new_tokens"]
 
     # -- generate on Ray workers, one model replica each
     connect(address)
@@ -79,6 +72,25 @@ def run_eval(cfg: Config, *, model: str | None, split: str, limit: int | None, f
     _write_atomic(out_path, json.dumps(results, indent=2))
     _print_summary(results, out_path)
     return results
+
+
+def generation_inputs(cfg: Config, tokenizer, split: str, *, limit: int | None, few_shot: int = 0) -> dict[str, Any]:
+    """Formatted examples, prompts, references, SQL contexts and a generation length for a split."""
+    from llmft.data.sources import load_rows
+    from llmft.data.tokenize import formatter_for
+    from llmft.tasks import get_task
+
+    task = get_task(cfg.data.task)
+    rows = load_rows(cfg, split)
+    rows = rows[:limit] if limit else rows
+    formatter = formatter_for(task, tokenizer)
+    examples = [formatter(row) for row in rows]
+    shots = few_shot_prefix(cfg, task, formatter, tokenizer, few_shot)
+    references = [ex.reference for ex in examples]
+    longest = max((len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in references), default=16)
+    return {"examples": examples, "prompts": [shots + ex.prompt for ex in examples], "references": references,
+            "contexts": [row.get("context") for row in rows] if task.name == "sql" else None,
+            "max_new_tokens": min(MAX_NEW_TOKENS_CAP, int(longest * 1.5) + 16)}
 
 
 def few_shot_prefix(cfg: Config, task, formatter, tokenizer, k: int) -> str:

@@ -62,6 +62,7 @@ def run_training(cfg: Config, *, address: str | None = None, resume: str | None 
         "run_dir": run_dir,
         "hidden_size": local_model_hidden_size(cfg),
         "resume_path": resume_path,
+        "generation_eval": generation_eval_inputs(cfg, tokenizer),
     }
     resources = {"CPU": cfg.scaling.cpus_per_worker, **cfg.scaling.resources_per_worker}
     if cfg.scaling.use_gpu:
@@ -99,6 +100,16 @@ def run_training(cfg: Config, *, address: str | None = None, resume: str | None 
         out = ckpt.export_checkpoint(best.path, Path(run_dir) / "model")
         print(f"llmft: exported {best.path} -> {out}", flush=True)
     return Path(run_dir)
+
+
+def generation_eval_inputs(cfg: Config, tokenizer) -> dict[str, Any] | None:
+    """Prompts and references of the validation subset scored by generation during training."""
+    if not (cfg.training.generation_eval_every_steps and cfg.data.valid):
+        return None
+    from llmft.eval.run import generation_inputs
+
+    inputs = generation_inputs(cfg, tokenizer, "valid", limit=cfg.training.generation_eval_examples)
+    return {key: inputs[key] for key in ("prompts", "references", "contexts", "max_new_tokens")}
 
 
 def absolute_paths(cfg: Config) -> Config:

@@ -50,6 +50,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     train_data = Columns.from_table(ray.get(loop_config["train_ref"]))
     valid_data = Columns.from_table(ray.get(loop_config["valid_ref"])) if loop_config.get("valid_ref") else None
     lengths = train_data.lengths
+    generation_inputs = loop_config.get("generation_eval")
 
     def epoch_plan(epoch: int):
         return plan_epoch(lengths, epoch=epoch, seed=cfg.training.seed, max_length=cfg.data.max_length,
@@ -63,7 +64,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ds_config = build_deepspeed_config(cfg, hidden_size=loop_config.get("hidden_size"))
     dtype = getattr(torch, training_dtype(cfg))
     model = load_model(cfg, tokenizer, ds_config, dtype)
-    num_params = loop_config.get("num_params") or sum(p.numel() for p in model.parameters())
+    num_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3 partitions
     block_mask = cfg.model.attn_implementation != "flash_attention_2"
     optimizer = None if "optimizer" in ds_config else build_optimizer(model, cfg)
     engine, _, _, scheduler = deepspeed.initialize(
@@ -128,11 +129,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             last = global_step == total_steps
             due_eval = epoch_end or last or every(cfg.training.eval_every_steps, global_step)
             due_ckpt = epoch_end or last or every(cfg.training.checkpoint_every_steps, global_step)
-            if due_eval or due_ckpt:
+            due_generation = bool(generation_inputs) and every(cfg.training.generation_eval_every_steps, global_step)
+            if due_eval or due_ckpt or due_generation:
                 metrics = {"step": global_step, "epoch": epoch}
-                if valid_data is not None:
+                if valid_data is not None and (due_eval or due_ckpt):
                     metrics.update(evaluate(engine, valid_data, cfg, rank, world_size, device,
                                             pad_id=tokenizer.pad_token_id, block_mask=block_mask))
+                if due_generation:
+                    metrics.update(generation_eval(engine, tokenizer, cfg, generation_inputs, rank, world_size, device))
+                if len(metrics) > 2:  # more than step and epoch
                     logger.log(global_step, metrics)
                 position = ckpt.Position(global_step=global_step, epoch=epoch + epoch_end,
                                          step_in_epoch=0 if epoch_end else step_in_epoch + 1)
@@ -217,6 +222,23 @@ def evaluate(engine, data: Columns, cfg: Config, rank: int, world_size: int, dev
     metrics = all_reduce(stats, device).metrics("valid")
     metrics["valid_perplexity"] = math.exp(min(metrics["valid_loss"], 50.0))
     return metrics
+
+
+def generation_eval(engine, tokenizer, cfg: Config, inputs: dict[str, Any], rank: int, world_size: int,
+                    device: torch.device) -> dict[str, float]:
+    """Generate answers for a validation subset and score them with the task's metrics (`valid_gen_*`)."""
+    from llmft.eval.generate import generate_sharded
+    from llmft.eval.metrics import score
+    from llmft.tasks import get_task
+
+    task = get_task(cfg.data.task)
+    engine.eval()
+    predictions = generate_sharded(engine.module, tokenizer, inputs["prompts"], stop_token=task.stop_token,
+                                   max_new_tokens=inputs["max_new_tokens"], batch_size=cfg.training.micro_batch_size,
+                                   rank=rank, world_size=world_size, device=device)
+    engine.train()
+    metrics = score(task.name, predictions, inputs["references"], inputs["contexts"])
+    return {f"valid_gen_{key}": value for key, value in metrics.items() if isinstance(value, (int, float))}
 
 
 class TestHooks:

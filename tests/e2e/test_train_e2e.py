@@ -49,6 +49,7 @@ def test_cli_trains_tiny_viggo_with_two_workers_and_zero3(tiny_model_dir, tmp_pa
     assert len(losses) == 24
     assert sum(losses[-4:]) / 4 < 0.75 * sum(losses[:4]) / 4, losses
     assert any("valid_loss" in r for r in records)
+    assert any("valid_gen_exact_match" in r for r in records)  # generation eval during training
     exported = tmp_path / "run" / "model"
     from transformers import AutoTokenizer
 
