@@ -82,6 +82,22 @@ def restore(engine, checkpoint, cfg: Config, *, world_size: int, rank: int) -> P
     return Position(**state["position"])
 
 
+def newest(ray_checkpoint, resume_path: str | None):
+    """The checkpoint to start from: Ray's (after a restart, or the run's latest on `--resume
+    latest`) or the one named by `--resume`, whichever is further along. Ray's can be older than
+    the newest complete one on disk: it only records a checkpoint once every upload returned."""
+    import ray.train
+
+    if not resume_path:
+        return ray_checkpoint
+    explicit = ray.train.Checkpoint(resume_path)
+    if ray_checkpoint is None:
+        return explicit
+    with ray_checkpoint.as_directory() as folder:
+        ray_step = read_state(folder)["position"]["global_step"]
+    return explicit if read_state(resume_path)["position"]["global_step"] > ray_step else ray_checkpoint
+
+
 def read_state(folder: str | os.PathLike) -> dict[str, Any]:
     path = Path(folder) / STATE_FILE
     if not Path(folder).is_dir():
@@ -91,9 +107,31 @@ def read_state(folder: str | os.PathLike) -> dict[str, Any]:
         raise LlmftError(f"{folder} is not a complete llmft checkpoint: {STATE_FILE} is missing "
                          "(it is written last, so the save was interrupted or this is another folder).")
     try:
-        return json.loads(path.read_text())
+        state = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise LlmftError(f"{path} is corrupt (invalid JSON at line {exc.lineno}); use an earlier checkpoint.") from None
+    missing = missing_rank_files(Path(folder), state)
+    if missing:
+        raise LlmftError(f"{folder} is not a complete llmft checkpoint: {', '.join(missing[:3])} missing (each "
+                         "worker uploads its own shards, and this save was interrupted). Use an earlier checkpoint.")
+    return state
+
+
+def missing_rank_files(folder: Path, state: dict[str, Any]) -> list[str]:
+    """Per-worker files a complete checkpoint has: Ray merges each worker's upload separately."""
+    expected = [f"rng_rank{rank}.pt" for rank in range(state["world_size"])]
+    if state["zero_stage"] >= 1:
+        expected += [f"{DEEPSPEED_TAG}/zero_pp_rank_{rank}_mp_rank_00_optim_states.pt"
+                     for rank in range(state["world_size"])]
+    return [name for name in expected if not (folder / name).is_file()]
+
+
+def is_complete(folder: Path) -> bool:
+    try:
+        read_state(folder)
+        return True
+    except LlmftError:
+        return False
 
 
 def check_compatible(state: dict[str, Any], cfg: Config, world_size: int, where: str | os.PathLike) -> None:
@@ -111,7 +149,7 @@ def check_compatible(state: dict[str, Any], cfg: Config, world_size: int, where:
 
 def find_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     """Complete checkpoints of a run, oldest first."""
-    folders = [p for p in Path(run_dir).glob("checkpoint_*") if (p / STATE_FILE).is_file()]
+    folders = [p for p in Path(run_dir).glob("checkpoint_*") if is_complete(p)]
     return sorted(folders, key=lambda p: read_state(p)["position"]["global_step"])
 
 

@@ -147,13 +147,14 @@ def resolve_run(cfg: Config, resume: str | None) -> tuple[str, str | None]:
         if base is None:
             raise LlmftError("`--resume latest` needs output.run_name (the run to continue); "
                              f"pass it as an override, e.g. output.run_name=<folder under {cfg.output.dir}>.")
-        run_dir = Path(cfg.output.dir) / base
-        if not _is_uri(cfg.output.dir):
-            from llmft.checkpoint import find_checkpoints
+        if _is_uri(cfg.output.dir):
+            return base, None  # Ray's record of the run names its latest checkpoint
+        from llmft.checkpoint import find_checkpoints
 
-            if not find_checkpoints(run_dir):
-                raise LlmftError(f"`--resume latest`: {run_dir} holds no complete checkpoint to resume from.")
-        return base, None
+        complete = find_checkpoints(Path(cfg.output.dir) / base)
+        if not complete:
+            raise LlmftError(f"`--resume latest`: {Path(cfg.output.dir) / base} holds no complete checkpoint to resume from.")
+        return base, str(complete[-1])
     from llmft.checkpoint import check_compatible, read_state
 
     path = Path(resume).expanduser().resolve()

@@ -78,9 +78,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # ------------------------------------------------------------------ resume
     # Read the position from the checkpoint's own contents: after a restart Ray may hand back
     # an older checkpoint than the last one reported (FACTS.md).
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None and loop_config.get("resume_path"):  # `llmft train --resume PATH`
-        checkpoint = ray.train.Checkpoint(loop_config["resume_path"])
+    checkpoint = ckpt.newest(ray.train.get_checkpoint(), loop_config.get("resume_path"))
     start = ckpt.restore(engine, checkpoint, cfg, world_size=world_size, rank=rank)
     global_step, epoch, skip = start.global_step, start.epoch, start.step_in_epoch
     logger = MetricsLogger(cfg, run_dir=loop_config["run_dir"], enabled=rank == 0, total_steps=total_steps,

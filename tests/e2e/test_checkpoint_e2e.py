@@ -122,3 +122,15 @@ def test_resume_refuses_another_world_size_or_a_broken_path(uninterrupted, tiny_
     broken.mkdir()
     with pytest.raises(LlmftError, match="not a complete llmft checkpoint"):
         run_training(cfg, resume=str(broken))
+
+
+def test_exported_model_continues_as_a_new_run(uninterrupted, small_train_file, tmp_path):
+    exported = uninterrupted / "model"
+    run_dir = run_training(config(exported, small_train_file, tmp_path, "output.run_name=continued",
+                                  "training.max_steps=2", "training.epochs=1"))
+    first = losses(run_dir)[1]
+    # It starts from the fine-tuned weights, not from scratch: its first loss is near the end of the first run.
+    assert first < losses(uninterrupted)[1] - 0.5
+    from transformers import AutoTokenizer
+
+    assert len(AutoTokenizer.from_pretrained(run_dir / "model")) == len(AutoTokenizer.from_pretrained(exported))
