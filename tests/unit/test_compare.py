@@ -67,9 +67,10 @@ def test_side_by_side_html_is_escaped(tmp_path):
 def test_only_rates_are_plotted():
     results = [{"metrics": {"exact_match": 0.5, "unparseable": 1, "token_f1": 0.9, "big": 3.5,
                             "confusion_matrix": {"a": {"a": 1}}}},
-               {"metrics": {"exact_match": 1.0, "unparseable": 0, "token_f1": 0.1, "big": 0.5}}]
+               {"metrics": {"exact_match": 1, "unparseable": 0, "token_f1": 0.1, "big": 0.5}}]
     columns = metric_columns(results)
     assert columns == ["exact_match", "unparseable", "token_f1", "big"]
+    # Counts (ints) and values above 1 are not rates; a rate stored as a bare 1 still is.
     assert rate_columns(results, columns) == ["exact_match", "token_f1"]
 
 

@@ -97,8 +97,10 @@ def test_invalid_sql_is_wrong_never_a_crash(prediction):
 
 
 def test_predicted_writes_cannot_change_the_data():
-    result = sql("DELETE FROM head", "SELECT name FROM head")
-    assert not result["correct"]
+    assert not sql("DELETE FROM head", "SELECT name FROM head")["correct"]
+    # RETURNING yields the very rows the gold query selects: only a read-only database refuses it.
+    result = sql("UPDATE head SET age = 99 RETURNING name", "SELECT name FROM head")
+    assert not result["correct"] and result["invalid_sql"]
 
 
 def test_runaway_query_times_out(monkeypatch):
