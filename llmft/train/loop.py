@@ -67,7 +67,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     num_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3 partitions
     block_mask = cfg.model.attn_implementation != "flash_attention_2"
     optimizer = None if "optimizer" in ds_config else build_optimizer(model, cfg)
-    engine, _, _, scheduler = deepspeed.initialize(
+    engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
         model_parameters=None if optimizer else [p for p in model.parameters() if p.requires_grad],
@@ -155,9 +155,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
     """AdamW without weight decay on biases and norm weights (the usual convention)."""
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
+    for param in model.parameters():
         if param.requires_grad:
-            (no_decay if param.ndim < 2 else decay).append(param)
+            shape = getattr(param, "ds_shape", param.shape)  # ZeRO-3 keeps the real shape in ds_shape
+            (no_decay if len(shape) < 2 else decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.training.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.training.learning_rate, betas=cfg.training.adam_betas,
