@@ -101,8 +101,8 @@ def newest(ray_checkpoint, resume_path: str | None):
 def read_state(folder: str | os.PathLike) -> dict[str, Any]:
     path = Path(folder) / STATE_FILE
     if not Path(folder).is_dir():
-        raise LlmftError(f"Checkpoint {folder} does not exist. Give a checkpoint folder "
-                         "(outputs/<run>/checkpoint_*) or `latest`.")
+        raise LlmftError(f"Checkpoint {folder} does not exist. Give a checkpoint folder, "
+                         "e.g. outputs/<run>/checkpoint_<time>/ (`ls outputs/<run>` lists them).")
     if not path.is_file():
         raise LlmftError(f"{folder} is not a complete llmft checkpoint: {STATE_FILE} is missing "
                          "(it is written last, so the save was interrupted or this is another folder).")
@@ -193,23 +193,40 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike) -> 
 
 
 def _write_weights(folder: Path, out: Path, dtype: torch.dtype, tied: bool) -> None:
-    ds_dir = folder / DEEPSPEED_TAG
-    if any(ds_dir.glob("*optim_states.pt")):  # ZeRO 1-3: shards of fp32 master weights
-        from deepspeed.utils.zero_to_fp32 import convert_zero_checkpoint_to_state_dict
+    from safetensors.torch import save_file
 
-        convert_zero_checkpoint_to_state_dict(str(folder), str(out), dtype=dtype, safe_serialization=True,
-                                              tag=DEEPSPEED_TAG, max_shard_size="5GB")
+    ds_dir = folder / DEEPSPEED_TAG
+    if any(ds_dir.glob("*optim_states.pt")):  # ZeRO 1-3: merge the fp32 master weights' shards
+        _write_zero_weights(folder, out, dtype, tied)
         return
     model_states = ds_dir / "mp_rank_00_model_states.pt"
     if not model_states.is_file():
         raise LlmftError(f"Checkpoint {folder} has no DeepSpeed model states under {DEEPSPEED_TAG}/; it may be corrupt.")
-    from safetensors.torch import save_file
-
     weights = torch.load(model_states, map_location="cpu", weights_only=False)["module"]
     if tied:  # safetensors refuses shared tensors; transformers re-ties lm_head on load
         weights.pop("lm_head.weight", None)
     save_file({k: v.to(dtype).contiguous() for k, v in weights.items()}, str(out / "model.safetensors"),
               metadata={"format": "pt"})
+
+
+def _write_zero_weights(folder: Path, out: Path, dtype: torch.dtype, tied: bool) -> None:
+    """DeepSpeed's lazy merge, written one 5 GB safetensors shard at a time (as its own
+    `convert_zero_checkpoint_to_state_dict`, which cannot drop a tied lm_head)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint, to_torch_tensor
+    from huggingface_hub import split_torch_state_dict_into_shards
+    from safetensors.torch import save_file
+
+    state = get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=DEEPSPEED_TAG, lazy_mode=True)
+    if tied:
+        state.pop("lm_head.weight", None)
+    split = split_torch_state_dict_into_shards(to_torch_tensor(state, return_empty_tensor=True, dtype=dtype),
+                                               filename_pattern="model{suffix}.safetensors", max_shard_size="5GB")
+    for shard_file, names in split.filename_to_tensors.items():
+        shard = to_torch_tensor({name: state.pop(name) for name in names}, dtype=dtype)
+        save_file({k: v.contiguous() for k, v in shard.items()}, str(out / shard_file), metadata={"format": "pt"})
+    if split.is_sharded:
+        (out / "model.safetensors.index.json").write_text(json.dumps(
+            {"metadata": split.metadata, "weight_map": split.tensor_to_filename}, indent=2))
 
 
 def _rng_states() -> dict[str, Any]:

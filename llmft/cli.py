@@ -105,7 +105,7 @@ def export(checkpoint, out):
     """Write CHECKPOINT as a consolidated Hugging Face model folder."""
     from llmft.checkpoint import export_checkpoint
 
-    export_checkpoint(checkpoint, out)
+    click.echo(f"exported {export_checkpoint(checkpoint, out)}")
 
 
 @main.command("eval")
