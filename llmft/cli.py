@@ -115,15 +115,16 @@ def export(checkpoint, out):
 @click.option("--limit", default=None, type=int, help="Evaluate only the first N examples.")
 @click.option("--few-shot", default=0, type=int, show_default=True, help="Training examples shown in each prompt.")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Results JSON (predictions go beside it).")
+@click.option("--batch-size", default=16, show_default=True, help="Prompts generated together per replica.")
 @click.option("--address", default=None, help="Ray address (default: $RAY_ADDRESS, else embedded local Ray).")
 @_user_errors
-def eval_(config, overrides, model_path, split, limit, few_shot, out, address):
+def eval_(config, overrides, model_path, split, limit, few_shot, out, batch_size, address):
     """Generate answers with a model and score them with the task's metrics."""
     from llmft.config import load_config
     from llmft.eval.run import run_eval
 
     run_eval(load_config(config, overrides), model=model_path, split=split, limit=limit,
-             few_shot=few_shot, out=out, address=address)
+             few_shot=few_shot, out=out, address=address, batch_size=batch_size)
 
 
 @main.command()

@@ -21,7 +21,7 @@ MAX_NEW_TOKENS_CAP = 512
 
 
 def run_eval(cfg: Config, *, model: str | None, split: str, limit: int | None, few_shot: int,
-             out: str | None, address: str | None, batch_size: int = 8) -> dict[str, Any]:
+             out: str | None, address: str | None, batch_size: int = 16) -> dict[str, Any]:
     from llmft.train.driver import keep_embedded_ray_on_loopback
 
     keep_embedded_ray_on_loopback(address)

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import time
+import warnings
 from typing import Any
 
 import ray
@@ -44,6 +45,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # zero.Init (which sizes its partitions by the world size) runs inside from_pretrained.
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     hooks = TestHooks(rank)
+    # DeepSpeed calls torch.distributed APIs that torch deprecates, once per collective: hundreds
+    # of identical warnings per step would bury the progress lines.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
 
     # ------------------------------------------------------------------ data
     # The driver tokenized and cached the data once; Ray's object store ships it to each node.

