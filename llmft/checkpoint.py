@@ -30,6 +30,7 @@ import torch
 
 from llmft.config import Config
 from llmft.errors import LlmftError
+from llmft.files import write_text_atomic
 
 STATE_FILE = "llmft_state.json"
 DEEPSPEED_TAG = "deepspeed"
@@ -59,7 +60,7 @@ def save_and_report(engine, tokenizer, cfg: Config, position: Position, metrics:
             state = {"position": asdict(position), "world_size": world_size,
                      "zero_stage": cfg.deepspeed.zero_stage, "model": cfg.model.name_or_path,
                      "task": cfg.data.task, "metrics": metrics, "config": cfg.model_dump(mode="json")}
-            _write_atomic(folder / STATE_FILE, json.dumps(state, indent=2))
+            write_text_atomic(folder / STATE_FILE, json.dumps(state, indent=2))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -240,9 +241,3 @@ def _set_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     if states.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -32,6 +31,7 @@ import pyarrow.parquet as pq
 
 from llmft.data.sources import read_rows, malformed_message, source_fingerprint, source_of
 from llmft.errors import LlmftError
+from llmft.files import write_atomic
 from llmft.tasks import Example, Task, get_task
 
 # Bump when this module's output changes for the same inputs.
@@ -77,7 +77,7 @@ def tokenize_split(cfg, tokenizer, split: str) -> pa.Table:
     stats.update(split=split, source=rows.source, max_length=cfg.data.max_length,
                  over_length_policy=cfg.data.over_length)
     table = table.replace_schema_metadata({_METADATA_KEY: json.dumps(stats).encode()})
-    _write_atomically(table, path)
+    write_atomic(path, lambda tmp: pq.write_table(table, tmp))
     return table
 
 
@@ -307,16 +307,6 @@ def _string_array(strings: list[str]) -> pa.Array:
     np.cumsum([len(b) for b in encoded], out=offsets[1:])
     return pa.Array.from_buffers(pa.string(), len(encoded),
                                  [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))])
-
-
-def _write_atomically(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _require_fast(tokenizer) -> None:

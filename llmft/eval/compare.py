@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import html
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from llmft.errors import LlmftError
+from llmft.files import write_atomic, write_text_atomic
 
 REQUIRED_KEYS = ("task", "model", "metrics")
 MISSING = "–"
@@ -182,7 +181,7 @@ def render_chart(path: str, task: str, all_results: list[dict[str, Any]], names:
     axes.set_title(f"llmft compare: {task}")
     axes.legend(fontsize=8, loc="upper center", ncol=min(len(names), 3), frameon=False)
     figure.tight_layout()
-    _write_atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
+    write_atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
 
 
 # --- side by side ------------------------------------------------------------------------------
@@ -289,22 +288,8 @@ pre {{ white-space: pre-wrap; margin: 0; max-width: 40em; }}
 
 # --- writing -----------------------------------------------------------------------------------
 
-def _write_atomic(path: str, write) -> None:
-    """Call `write(temp_path)`, then rename the temp file to `path`; no half-written outputs."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_text(path: str, text: str) -> None:
-    _write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    write_text_atomic(path, text)
 
 
 def run_compare(results_paths: list[str], out: str | None = None, plot: str | None = None,

@@ -9,13 +9,13 @@ marker tokens reads them as plain text and the stop marker is matched as text.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from llmft.config import Config
 from llmft.errors import LlmftError
+from llmft.files import write_text_atomic
 
 MAX_NEW_TOKENS_CAP = 512
 
@@ -68,8 +68,8 @@ def run_eval(cfg: Config, *, model: str | None, split: str, limit: int | None, f
     }
     lines = [json.dumps({"index": i, "prompt": ex.prompt, "reference": ex.reference, "prediction": pred, **detail})
              for i, (ex, pred, detail) in enumerate(zip(examples, predictions, per_example))]
-    _write_atomic(predictions_path, "".join(line + "\n" for line in lines))
-    _write_atomic(out_path, json.dumps(results, indent=2))
+    write_text_atomic(predictions_path, "".join(line + "\n" for line in lines))
+    write_text_atomic(out_path, json.dumps(results, indent=2))
     _print_summary(results, out_path)
     return results
 
@@ -128,10 +128,3 @@ def _print_summary(results: dict[str, Any], out_path: Path) -> None:
     console = Console()
     console.print(table)
     console.print(f"results: {out_path}  predictions: {out_path.with_suffix('.predictions.jsonl')}")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
