@@ -24,3 +24,10 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("models") / "tiny-llama"
     make_tiny_llama(out)
     return out
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the Ray Jobs tests last. They talk to a token-authenticated head from this process,
+    and Ray caches the auth mode and token per process: a local `ray.init` after them would
+    start its GCS expecting a token file that the finished head has already removed."""
+    items.sort(key=lambda item: "test_jobs_e2e" in item.nodeid)
