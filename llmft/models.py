@@ -100,12 +100,17 @@ def add_task_tokens(tokenizer: PreTrainedTokenizerBase, task: Task) -> int:
         else:  # transformers 4.x
             added = tokenizer.add_special_tokens({"additional_special_tokens": tokens},
                                                  replace_additional_special_tokens=False)
+    ensure_pad_token(tokenizer)
+    return added
+
+
+def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Pad with `unk`, else `eos`, when the tokenizer has no pad token (see `add_task_tokens`)."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
     if tokenizer.pad_token is None:
         raise LlmftError("The tokenizer has no pad, unk or eos token to pad batches with. Use a "
                          "tokenizer that defines an eos token (model.tokenizer).")
-    return added
 
 
 # ----------------------------------------------------------------- model

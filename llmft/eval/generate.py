@@ -19,13 +19,14 @@ class Generator:
                  dtype: str, num_threads: int = 1, trust_remote_code: bool = False):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from llmft.models import ensure_pad_token
+
         if not use_gpu:
             torch.set_num_threads(max(1, num_threads))
         self.device = torch.device("cuda" if use_gpu else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
         self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.unk_token or self.tokenizer.eos_token
+        ensure_pad_token(self.tokenizer)
         self.model = AutoModelForCausalLM.from_pretrained(
             model_path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code).to(self.device).eval()
         self.stop_text = stop_token or self.tokenizer.eos_token

@@ -56,12 +56,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     lengths = train_data.lengths
     generation_inputs = loop_config.get("generation_eval")
 
-    def epoch_plan(epoch: int):
-        return plan_epoch(lengths, epoch=epoch, seed=cfg.training.seed, max_length=cfg.data.max_length,
-                          packing=cfg.data.packing, global_batch_size=cfg.global_batch_size)
-
-    steps_per_epoch = [len(epoch_plan(e)) for e in range(cfg.num_epochs)]
-    total_steps = min(cfg.training.max_steps or sum(steps_per_epoch), sum(steps_per_epoch))
+    # Every epoch's plan, from the lengths alone: cheap, and the same on every worker.
+    plans = [plan_epoch(lengths, epoch=e, seed=cfg.training.seed, max_length=cfg.data.max_length,
+                        packing=cfg.data.packing, global_batch_size=cfg.global_batch_size)
+             for e in range(cfg.num_epochs)]
+    steps_in_all_epochs = sum(len(plan) for plan in plans)
+    total_steps = min(cfg.training.max_steps or steps_in_all_epochs, steps_in_all_epochs)
 
     # ------------------------------------------------------------------ model
     tokenizer = load_task_tokenizer(cfg)
@@ -90,7 +90,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     # ------------------------------------------------------------------ loop
     while global_step < total_steps and epoch < cfg.num_epochs:
-        plan = epoch_plan(epoch)
+        plan = plans[epoch]
         for step_in_epoch in range(skip, len(plan)):
             batch = plan[step_in_epoch]
             step_start = time.perf_counter()
