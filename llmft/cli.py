@@ -103,7 +103,7 @@ def train(config, overrides, address, resume):
 @_user_errors
 def export(checkpoint, out):
     """Write CHECKPOINT as a consolidated Hugging Face model folder."""
-    from llmft.checkpoint import export_checkpoint
+    from llmft.export import export_checkpoint
 
     click.echo(f"exported {export_checkpoint(checkpoint, out)}")
 
@@ -148,7 +148,7 @@ def compare(results, out, plot, side_by_side):
 def plan(config, overrides, as_json, gpu_memory_gb):
     """Estimate per-GPU memory for CONFIG's model under its ZeRO stage and offload."""
     from llmft.config import load_config
-    from llmft.plan import run_plan
+    from llmft.memory import run_plan
 
     run_plan(load_config(config, overrides), as_json=as_json, gpu_memory_gb=gpu_memory_gb)
 
@@ -232,7 +232,7 @@ def models() -> None:
 @_user_errors
 def models_make_tiny(out, layers, hidden, vocab, seed):
     """Create a tiny random Llama with a sentencepiece tokenizer trained on llmft's sample data."""
-    from llmft.models import make_tiny_llama
+    from llmft.models.tiny import make_tiny_llama
 
     make_tiny_llama(out, num_layers=layers, hidden_size=hidden, vocab_size=vocab, seed=seed)
     click.echo(out)
@@ -244,7 +244,7 @@ def models_make_tiny(out, layers, hidden, vocab, seed):
 @_user_errors
 def models_import_gguf(gguf_file, out):
     """Convert a GGUF Llama-architecture model to a safetensors Hugging Face folder."""
-    from llmft.models import import_gguf
+    from llmft.models.gguf import import_gguf
 
     import_gguf(gguf_file, out)
     click.echo(out)

@@ -17,8 +17,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from llmft.errors import LlmftError
+from llmft.tasks import TASKS
 
-TaskName = Literal["viggo", "sql", "gsm8k", "prompt_completion", "chat"]
+# The task names come from the registry: a new task module is a new valid `data.task`.
+TaskName = Literal[tuple(TASKS)]  # type: ignore[valid-type]
 Offload = Literal["none", "cpu", "nvme"]
 
 

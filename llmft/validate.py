@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from llmft.config import Config, resolve_auto
+from llmft.models.architecture import local_hidden_size
 from llmft.train.deepspeed import build_deepspeed_config, training_dtype
-
-
-def local_model_hidden_size(cfg: Config) -> int | None:
-    """The model's hidden size when its config.json is on disk (no hub access needed)."""
-    config_json = Path(cfg.model.name_or_path).expanduser() / "config.json"
-    if not config_json.is_file():
-        return None
-    return json.loads(config_json.read_text()).get("hidden_size")
 
 
 def describe(cfg: Config) -> dict[str, Any]:
@@ -27,7 +19,7 @@ def describe(cfg: Config) -> dict[str, Any]:
         num_train = count_rows(cfg, "train")
         cfg = resolve_auto(cfg, num_train)
         notes.append(f"`auto` values resolved from {num_train} training examples.")
-    hidden = local_model_hidden_size(cfg)
+    hidden = local_hidden_size(cfg.model.name_or_path)
     if hidden is None:
         notes.append("Model config not on disk: ZeRO bucket sizes are filled in at training time.")
     tokens_per_step = cfg.global_batch_size * cfg.data.max_length

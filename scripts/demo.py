@@ -116,7 +116,7 @@ def phase(title: str, timings: dict[str, float], key: str) -> Iterator[None]:
 
 def ensure_model(model_dir: Path) -> Path:
     """The converted SmolLM2 folder; converts the wheel's GGUF file the first time (~30-40 s)."""
-    from llmft.models import import_gguf, smollm2_gguf_path
+    from llmft.models.gguf import import_gguf, smollm2_gguf_path
 
     gguf = smollm2_gguf_path()
     cached = (model_dir / "llmft-gguf-import.json").is_file()

@@ -19,7 +19,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """`llmft models make-tiny`: 2 layers, hidden 64, a sentencepiece tokenizer trained on the samples."""
-    from llmft.models import make_tiny_llama
+    from llmft.models.tiny import make_tiny_llama
 
     out = tmp_path_factory.mktemp("models") / "tiny-llama"
     make_tiny_llama(out)

@@ -10,7 +10,7 @@ A global batch holds exactly `global_batch_size` rows whatever the number of wor
 is split (2 workers x micro 2 x accumulation 2 trains on the same sequences as 1 worker x micro
 8), every example is seen exactly once per epoch, and a resumed run recomputes the plan and
 skips to its step. (Ray Data's streaming split hands blocks to whichever worker asks first,
-which gives neither property; see README, "Data flow".)
+which gives neither property.)
 
 The last global batch of an epoch is filled up with empty rows, which carry no trained tokens
 and so change neither the loss nor the gradients.
@@ -25,8 +25,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-Row = list[int]  # indices of the examples in one sequence; [] is an empty filler row
-GlobalBatch = list[Row]
+PackedRow = list[int]  # indices of the examples in one sequence; [] is an empty filler row
+GlobalBatch = list[PackedRow]
 
 # Rows are sorted by length inside windows of this many global batches before they are cut into
 # global batches, so micro-batches hold sequences of similar length (little padding) while the
@@ -34,14 +34,14 @@ GlobalBatch = list[Row]
 LENGTH_GROUPING_WINDOW = 8
 
 
-def pack_examples(lengths: Sequence[int], max_length: int, order: Sequence[int] | None = None) -> list[Row]:
+def pack_examples(lengths: Sequence[int], max_length: int, order: Sequence[int] | None = None) -> list[PackedRow]:
     """Best-fit-decreasing packing of examples into rows of at most `max_length` tokens.
 
     `order` breaks ties between equal lengths (pass a shuffled order for per-epoch variety).
     """
     order = list(range(len(lengths))) if order is None else list(order)
     by_length = sorted(order, key=lambda i: -lengths[i])  # stable: ties keep `order`
-    rows: list[Row] = []
+    rows: list[PackedRow] = []
     free: list[tuple[int, int]] = []  # (free tokens, row id), sorted
     for index in by_length:
         need = lengths[index]
@@ -76,7 +76,7 @@ def plan_epoch(lengths: Sequence[int], *, epoch: int, seed: int, max_length: int
         rows = [[i] for i in order]
     row_length = [sum(lengths[i] for i in row) for row in rows]
     window = global_batch_size * LENGTH_GROUPING_WINDOW
-    grouped: list[Row] = []
+    grouped: list[PackedRow] = []
     for start in range(0, len(rows), window):
         chunk = sorted(range(start, min(start + window, len(rows))), key=lambda r: -row_length[r])
         grouped.extend(rows[r] for r in chunk)
@@ -87,7 +87,7 @@ def plan_epoch(lengths: Sequence[int], *, epoch: int, seed: int, max_length: int
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def worker_micro_batches(batch: GlobalBatch, *, rank: int, world_size: int, micro_batch_size: int) -> list[list[Row]]:
+def worker_micro_batches(batch: GlobalBatch, *, rank: int, world_size: int, micro_batch_size: int) -> list[list[PackedRow]]:
     """The micro-batches (in order) that worker `rank` trains on for one global batch."""
     per_worker = len(batch) // world_size
     mine = batch[rank * per_worker:(rank + 1) * per_worker]
@@ -95,7 +95,7 @@ def worker_micro_batches(batch: GlobalBatch, *, rank: int, world_size: int, micr
 
 
 @dataclass
-class Columns:
+class TokenizedExamples:
     """The tokenized examples, as plain Python lists for fast random access."""
 
     input_ids: list[list[int]]
@@ -103,7 +103,7 @@ class Columns:
     num_trained: list[int]
 
     @classmethod
-    def from_table(cls, table) -> "Columns":
+    def from_table(cls, table) -> "TokenizedExamples":
         return cls(table.column("input_ids").to_pylist(), table.column("labels").to_pylist(),
                    table.column("num_trained").to_pylist())
 
@@ -112,21 +112,21 @@ class Columns:
         return [len(ids) for ids in self.input_ids]
 
 
-def trained_tokens(columns: Columns, batch: GlobalBatch) -> int:
+def trained_tokens(examples: TokenizedExamples, batch: GlobalBatch) -> int:
     """Trained (unmasked) tokens in a global batch: the loss is normalised by this count."""
-    return sum(columns.num_trained[i] for row in batch for i in row)
+    return sum(examples.num_trained[i] for row in batch for i in row)
 
 
-def collate(columns: Columns, rows: list[Row], *, pad_id: int, block_mask: bool) -> dict[str, torch.Tensor]:
+def collate(examples: TokenizedExamples, rows: list[PackedRow], *, pad_id: int, block_mask: bool) -> dict[str, torch.Tensor]:
     """Tensors for one micro-batch, padded to its longest row.
 
     Each example in a row gets its own segment id (0 = padding) and positions restarting at 0.
     With `block_mask` (sdpa/eager attention) the result carries a 4D boolean mask that lets a
-    token see only earlier tokens of its own example; transformers does not infer packed
-    boundaries from position_ids there (FACTS.md). Without it (flash-attention's varlen path)
-    the restarting position_ids alone mark the boundaries, and padding forms its own segment.
+    token see only earlier tokens of its own example. Without it, the restarting position_ids
+    alone mark the boundaries: flash-attention's varlen path reads them, and padding forms its
+    own segment.
     """
-    width = max([sum(len(columns.input_ids[i]) for i in row) for row in rows] + [1])
+    width = max([sum(len(examples.input_ids[i]) for i in row) for row in rows] + [1])
     size = (len(rows), width)
     input_ids = torch.full(size, pad_id, dtype=torch.long)
     labels = torch.full(size, -100, dtype=torch.long)
@@ -135,10 +135,10 @@ def collate(columns: Columns, rows: list[Row], *, pad_id: int, block_mask: bool)
     for r, row in enumerate(rows):
         start = 0
         for segment, index in enumerate(row, start=1):
-            ids = columns.input_ids[index]
+            ids = examples.input_ids[index]
             end = start + len(ids)
             input_ids[r, start:end] = torch.tensor(ids)
-            labels[r, start:end] = torch.tensor(columns.labels[index])
+            labels[r, start:end] = torch.tensor(examples.labels[index])
             position_ids[r, start:end] = torch.arange(len(ids))
             segment_ids[r, start:end] = segment
             start = end

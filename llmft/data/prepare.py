@@ -13,12 +13,12 @@ otherwise). The tokenized splits are left in the cache for `llmft train`.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import numpy as np
 
-from llmft.data.sources import SPLITS, Rows, read_rows, source_of
+from llmft.data.batching import pack_examples, plan_epoch, worker_micro_batches
+from llmft.data.sources import SPLITS, SourceRows, read_rows, source_of
 from llmft.data.tokenize import cache_path, formatter_for, special_token_boundary_ok, table_stats, tokenize_split
 from llmft.errors import LlmftError
 from llmft.tasks import Task, get_task
@@ -58,7 +58,7 @@ def build_report(cfg, tokenizer=None) -> dict[str, Any]:
         return report
 
     if tokenizer is None:
-        from llmft.models import load_task_tokenizer
+        from llmft.models.tokenizer import load_task_tokenizer
 
         tokenizer = load_task_tokenizer(cfg)
     report["tokenizer"] = {"name": getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__,
@@ -73,9 +73,9 @@ def build_report(cfg, tokenizer=None) -> dict[str, Any]:
         report["splits"][split] = _split_report(table, rows[split], formatter, split, train_prompts)
         report["splits"][split]["cache"] = str(cache_path(cfg, tokenizer, split))
         report["warnings"] += _split_warnings(report["splits"][split], split, cfg)
-    if task.name == "prompt_completion" and "train" in rows:
-        report["prompt_completion"] = _separator_checks(rows["train"].rows)
-        report["warnings"] += report["prompt_completion"]["warnings"]
+    if task.data_checks is not None and "train" in rows:
+        report[task.name] = task.data_checks(rows["train"].rows)
+        report["warnings"] += report[task.name]["warnings"]
     if "train" in tables:
         report["training"] = _training_report(cfg, tables["train"])
         report["examples"] = _rendered_examples(tables["train"], rows["train"], tokenizer)
@@ -102,7 +102,7 @@ def _percentiles(values: np.ndarray) -> dict[str, int]:
     return out | {"max": int(values.max())}
 
 
-def _split_report(table, rows: Rows, formatter, split: str, train_prompts: set[str]) -> dict[str, Any]:
+def _split_report(table, rows: SourceRows, formatter, split: str, train_prompts: set[str]) -> dict[str, Any]:
     stats = table_stats(table)
     lengths = table.column("length").to_numpy()
     prompt_lengths = table.column("prompt_length").to_numpy()
@@ -160,35 +160,6 @@ def _split_warnings(split_report: dict, split: str, cfg) -> list[str]:
     return warnings
 
 
-def _common_suffix(texts: list[str]) -> str:
-    reversed_prefix = os.path.commonprefix([t[::-1] for t in texts])
-    return reversed_prefix[::-1]
-
-
-def _separator_checks(rows: list[dict]) -> dict[str, Any]:
-    """OpenAI prepare_data's checks: a common prompt separator and a common completion ending."""
-    prompts = [r["prompt"] for r in rows]
-    completions = [r["completion"] for r in rows]
-    separator = _common_suffix(prompts) if prompts else ""
-    ending = _common_suffix(completions) if completions else ""
-    warnings = []
-    if not separator:
-        warnings.append("Prompts do not end with a common separator, so the model cannot tell where a "
-                        "prompt ends and its completion should start. End every prompt with the same "
-                        "separator that appears nowhere else, e.g. `\\n\\n###\\n\\n`.")
-    elif any(separator in p[:-len(separator)] for p in prompts):
-        warnings.append(f"The prompt separator {separator!r} also appears inside some prompts; pick one "
-                        "that appears only at the end.")
-    if not ending:
-        warnings.append("Completions do not end with a common stop sequence. llmft appends the "
-                        "tokenizer's EOS token to every completion and generation stops there, but if "
-                        "you also stop on a string at inference time, end every completion with it "
-                        "(e.g. `\\n` or ` END`).")
-    leading_space = sum(1 for c in completions if c[:1].isspace())
-    return {"common_prompt_separator": separator, "common_completion_ending": ending,
-            "completions_starting_with_whitespace": leading_space, "warnings": warnings}
-
-
 def _training_report(cfg, table) -> dict[str, Any]:
     from llmft.config import resolve_auto
 
@@ -196,7 +167,7 @@ def _training_report(cfg, table) -> dict[str, Any]:
     resolved = resolve_auto(cfg, len(lengths))
     batch = resolved.global_batch_size
     max_length = cfg.data.max_length
-    packed_rows = _pack(lengths, max_length)
+    packed_rows = pack_examples(lengths, max_length)
     return {
         "examples_per_epoch": len(lengths),
         "trained_tokens_per_epoch": int(table.column("num_trained").to_numpy().sum()),
@@ -213,39 +184,11 @@ def _training_report(cfg, table) -> dict[str, Any]:
     }
 
 
-def _pack(lengths: list[int], max_length: int) -> list[list[int]]:
-    try:
-        from llmft.data.batching import pack_examples
-    except ImportError:  # the batching module is optional for this report
-        return _greedy_pack(lengths, max_length)
-    return pack_examples(lengths, max_length)
-
-
-def _greedy_pack(lengths: list[int], max_length: int) -> list[list[int]]:
-    rows: list[list[int]] = []
-    free: list[int] = []
-    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        slot = next((r for r, room in enumerate(free) if room >= lengths[index]), None)
-        if slot is None:
-            rows.append([index])
-            free.append(max_length - lengths[index])
-        else:
-            rows[slot].append(index)
-            free[slot] -= lengths[index]
-    return rows
-
-
 def _padding_efficiency(cfg, lengths: list[int]) -> float:
     """Real tokens / padded tokens when micro-batches are padded to their longest example."""
     if not lengths:
         return 0.0
     micro = cfg.training.micro_batch_size
-    try:
-        from llmft.data.batching import plan_epoch, worker_micro_batches
-    except ImportError:
-        ordered = sorted(lengths)
-        batches = [ordered[i:i + micro] for i in range(0, len(ordered), micro)]
-        return round(sum(lengths) / sum(len(b) * max(b) for b in batches), 4)
     padded = 0
     plan = plan_epoch(lengths, epoch=0, seed=cfg.training.seed, max_length=cfg.data.max_length,
                       packing=False, global_batch_size=cfg.global_batch_size)
@@ -258,7 +201,7 @@ def _padding_efficiency(cfg, lengths: list[int]) -> float:
     return round(sum(lengths) / padded, 4) if padded else 0.0
 
 
-def _rendered_examples(table, rows: Rows, tokenizer) -> list[dict[str, Any]]:
+def _rendered_examples(table, rows: SourceRows, tokenizer) -> list[dict[str, Any]]:
     shown = []
     for record in table.slice(0, EXAMPLES_SHOWN).to_pylist():
         pieces = _token_texts(tokenizer, record["input_ids"])
@@ -327,10 +270,10 @@ def print_report(report: dict[str, Any]) -> None:
             f"Padding efficiency (real / computed tokens): packing {eff['packing']:.1%}, length-grouped "
             f"padding {eff['length_grouped_padding']:.1%}, padding to max_length "
             f"{eff['padding_to_max_length']:.1%}. Packing is {'on' if t['packing'] else 'off'} (data.packing).")
-    if "prompt_completion" in report:
-        pc = report["prompt_completion"]
-        console.print(f"Common prompt separator: {pc['common_prompt_separator']!r}; common completion "
-                      f"ending: {pc['common_completion_ending']!r}.", markup=False, highlight=False)
+    checks = report.get(report["task"])  # the task's own data checks, if it has any
+    if checks:
+        details = "; ".join(f"{key.replace('_', ' ')}: {value!r}" for key, value in checks.items() if key != "warnings")
+        console.print(f"{report['task']} checks: {details}.", markup=False, highlight=False)
     for warning in report["warnings"]:
         console.print(Text("warning: ", style="bold yellow") + Text(warning))
     for example in report.get("examples", []):

@@ -4,7 +4,7 @@ A source string (`data.train`, `data.valid`, `data.test`) is one of:
 
 - a local file: `.jsonl` (one JSON object per line), `.json` (a JSON array of objects, or JSON
   lines), `.parquet` or `.csv`; relative paths are relative to the current directory;
-- `sample:<task>[@<split>]`: llmft's seeded synthetic data (`llmft.samples`); without `@split`
+- `sample:<task>[@<split>]`: llmft's seeded synthetic data (`llmft.data.samples`); without `@split`
   the split being loaded is used;
 - a hub dataset `owner/name[:config][@split]`, loaded with `datasets.load_dataset`. The split is
   train | valid | test, mapped through the task's `HubSource` when the id is the task's own
@@ -42,8 +42,8 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(:[\w.-]+)?(@[\w.-]+)?$")
 
 
 @dataclass
-class Rows:
-    """Rows read from one source, with where each came from, and the malformed ones."""
+class SourceRows:
+    """SourceRows read from one source, with where each came from, and the malformed ones."""
 
     source: str
     rows: list[dict] = field(default_factory=list)
@@ -61,12 +61,12 @@ def source_of(cfg, split: str) -> str | None:
     return getattr(cfg.data, split)
 
 
-def read_rows(cfg, split: str) -> Rows:
+def read_rows(cfg, split: str) -> SourceRows:
     """All rows of `split`, each checked with the task's formatter; problems are collected, not raised."""
     source = _require_source(cfg, split)
     task = get_task(cfg.data.task)
     raw = _read_raw(cfg, source, split, task)
-    checked = Rows(source=source)
+    checked = SourceRows(source=source)
     for row, where in zip(raw.rows, raw.where):
         problem = row_problem(task, row)
         if problem:
@@ -107,7 +107,7 @@ def source_fingerprint(cfg, split: str) -> str:
         return "file:" + _file_sha256(str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns)
     sample = _parse_sample(source, split)
     if sample is not None:
-        from llmft.samples import SAMPLES_VERSION
+        from llmft.data.samples import SAMPLES_VERSION
 
         return f"sample:{sample[0]}@{sample[1]}:v{SAMPLES_VERSION}"
     hub = _parse_hub(source, split, get_task(cfg.data.task))
@@ -163,20 +163,20 @@ def _check_file(path: Path, source: str, split: str) -> None:
         raise LlmftError(f"data.{split}: {source} is not a .jsonl, .json, .parquet or .csv file.")
 
 
-def _read_raw(cfg, source: str, split: str, task: Task) -> Rows:
+def _read_raw(cfg, source: str, split: str, task: Task) -> SourceRows:
     path = _local_path(source)
     if path is not None:
         _check_file(path, source, split)
         return _read_file(path, source)
     sample = _parse_sample(source, split)
     if sample is not None:
-        from llmft.samples import generate_rows
+        from llmft.data.samples import generate_rows
 
         try:
             rows = generate_rows(sample[0], sample[1])
         except ValueError as exc:
             raise LlmftError(f"data.{split} = {source}: {exc}.") from None
-        return Rows(source, rows, [f"{source} row {i + 1}" for i in range(len(rows))])
+        return SourceRows(source, rows, [f"{source} row {i + 1}" for i in range(len(rows))])
     if not _HUB_ID.match(source):
         raise LlmftError(f"data.{split} = {source!r} is neither an existing file (.jsonl, .json, "
                          ".parquet, .csv), `sample:<task>[@split]`, nor a hub id `owner/name[:config][@split]`.")
@@ -185,18 +185,18 @@ def _read_raw(cfg, source: str, split: str, task: Task) -> Rows:
     rows = dataset.to_list()
     if hub.derive:
         rows = _derived_split(rows, split, hub.derived_splits, cfg.data.split_seed)
-    return Rows(source, rows, [f"{source} row {i + 1}" for i in range(len(rows))])
+    return SourceRows(source, rows, [f"{source} row {i + 1}" for i in range(len(rows))])
 
 
-def _read_file(path: Path, source: str) -> Rows:
+def _read_file(path: Path, source: str) -> SourceRows:
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
         rows = pq.read_table(path).to_pylist()
-        return Rows(source, rows, [f"{source} row {i + 1}" for i in range(len(rows))])
+        return SourceRows(source, rows, [f"{source} row {i + 1}" for i in range(len(rows))])
     if suffix == ".csv":
-        result = Rows(source)
+        result = SourceRows(source)
         with path.open(newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             for row in reader:
@@ -210,8 +210,8 @@ def _read_file(path: Path, source: str) -> Rows:
         except json.JSONDecodeError as exc:
             raise LlmftError(f"{source} line {exc.lineno}: invalid JSON ({exc.msg}). Fix the file; "
                              "a .json file holds one JSON array of objects (or JSON lines).") from None
-        return Rows(source, rows, [f"{source} item {i + 1}" for i in range(len(rows))])
-    result = Rows(source)
+        return SourceRows(source, rows, [f"{source} item {i + 1}" for i in range(len(rows))])
+    result = SourceRows(source)
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue

@@ -19,7 +19,7 @@ class Generator:
                  dtype: str, num_threads: int = 1, trust_remote_code: bool = False):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from llmft.models import ensure_pad_token
+        from llmft.models.tokenizer import ensure_pad_token
 
         if not use_gpu:
             torch.set_num_threads(max(1, num_threads))

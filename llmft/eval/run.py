@@ -13,25 +13,23 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llmft.cluster import init_ray, keep_embedded_ray_on_loopback
 from llmft.config import Config
 from llmft.errors import LlmftError
 from llmft.files import write_text_atomic
-
-MAX_NEW_TOKENS_CAP = 512
+from llmft.paths import absolute_paths
 
 
 def run_eval(cfg: Config, *, model: str | None, split: str, limit: int | None, few_shot: int,
              out: str | None, address: str | None, batch_size: int = 16) -> dict[str, Any]:
-    from llmft.train.driver import keep_embedded_ray_on_loopback
-
     keep_embedded_ray_on_loopback(address)
     from llmft.data.sources import source_fingerprint
     from llmft.eval.generate import generate_with_ray
     from llmft.eval.metrics import score_with_examples
-    from llmft.models import load_tokenizer
+    from llmft.eval.prompts import generation_inputs
+    from llmft.models.tokenizer import load_tokenizer
     from llmft.tasks import get_task
     from llmft.train.deepspeed import training_dtype
-    from llmft.train.driver import absolute_paths, connect
 
     # -- model and data (user errors surface here, before Ray starts)
     cfg = absolute_paths(cfg.model_copy(update={"model": cfg.model.model_copy(
@@ -42,11 +40,11 @@ def run_eval(cfg: Config, *, model: str | None, split: str, limit: int | None, f
     if getattr(cfg.data, split) is None:
         raise LlmftError(f"data.{split} is not set in {cfg.source}; give the split's source or choose another --split.")
     inputs = generation_inputs(cfg, tokenizer, split, limit=limit, few_shot=few_shot)
-    examples, prompts = inputs["examples"], inputs["prompts"]
-    references, contexts, max_new_tokens = inputs["references"], inputs["contexts"], inputs["max_new_tokens"]
+    examples, prompts = inputs.examples, inputs.prompts
+    references, contexts, max_new_tokens = inputs.references, inputs.contexts, inputs.max_new_tokens
 
     # -- generate on Ray workers, one model replica each
-    connect(address)
+    init_ray(address)
     started = time.perf_counter()
     predictions = generate_with_ray(
         prompts, model_path=model_path, stop_token=task.stop_token, max_new_tokens=max_new_tokens,
@@ -72,38 +70,6 @@ def run_eval(cfg: Config, *, model: str | None, split: str, limit: int | None, f
     write_text_atomic(out_path, json.dumps(results, indent=2))
     _print_summary(results, out_path)
     return results
-
-
-def generation_inputs(cfg: Config, tokenizer, split: str, *, limit: int | None, few_shot: int = 0) -> dict[str, Any]:
-    """Formatted examples, prompts, references, SQL contexts and a generation length for a split."""
-    from llmft.data.sources import load_rows
-    from llmft.data.tokenize import formatter_for
-    from llmft.tasks import get_task
-
-    task = get_task(cfg.data.task)
-    rows = load_rows(cfg, split)
-    rows = rows[:limit] if limit else rows
-    formatter = formatter_for(task, tokenizer)
-    examples = [formatter(row) for row in rows]
-    shots = few_shot_prefix(cfg, task, formatter, tokenizer, few_shot)
-    references = [ex.reference for ex in examples]
-    longest = max((len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in references), default=16)
-    return {"examples": examples, "prompts": [shots + ex.prompt for ex in examples], "references": references,
-            "contexts": [row.get("context") for row in rows] if task.name == "sql" else None,
-            "max_new_tokens": min(MAX_NEW_TOKENS_CAP, int(longest * 1.5) + 16)}
-
-
-def few_shot_prefix(cfg: Config, task, formatter, tokenizer, k: int) -> str:
-    """The first K training examples, each in full (prompt, answer, stop marker)."""
-    if k <= 0:
-        return ""
-    from llmft.data.sources import load_rows
-
-    if cfg.data.train is None:
-        raise LlmftError("--few-shot needs data.train to draw examples from.")
-    stop = "" if task.stop_token else (tokenizer.eos_token or "")
-    shots = [formatter(row) for row in load_rows(cfg, "train")[:k]]
-    return "".join("".join(seg.text for seg in shot.segments) + stop + "\n" for shot in shots)
 
 
 def label_for(model_path: str, few_shot: int) -> str:

@@ -76,7 +76,7 @@ def resolve_address(address: str | None) -> str:
     return raw.rstrip("/")
 
 
-def connect(address: str | None) -> "JobSubmissionClient":
+def job_client(address: str | None) -> "JobSubmissionClient":
     """A Job Submission client for the cluster, or a clear `LlmftError` within a few seconds."""
     url = resolve_address(address)
     headers = auth_headers()
@@ -253,7 +253,7 @@ def _wait_until_done(client: "JobSubmissionClient", job_id: str, out: TextIO, pr
 
 def list_jobs(address: str | None) -> None:
     """Print one line per job on the cluster, oldest first."""
-    client = connect(address)
+    client = job_client(address)
     jobs = sorted(client.list_jobs(), key=lambda job: job.start_time or 0)
     if not jobs:
         click.echo(f"No jobs on {client.get_address()}.")
@@ -269,7 +269,7 @@ def list_jobs(address: str | None) -> None:
 
 def show_status(job_id: str, address: str | None) -> None:
     """Print a job's status, message, entrypoint and times (never its runtime env: it holds secrets)."""
-    client = connect(address)
+    client = job_client(address)
     job = get_job(client, job_id)
     fields = [
         ("job", _job_name(job)),
@@ -290,7 +290,7 @@ def show_status(job_id: str, address: str | None) -> None:
 
 def show_logs(job_id: str, address: str | None, follow: bool = False) -> int:
     """Print the job's logs; with `follow`, stream until it ends and return its exit status."""
-    client = connect(address)
+    client = job_client(address)
     if follow:
         return follow_job(client, job_id)
     get_job(client, job_id)
@@ -300,7 +300,7 @@ def show_logs(job_id: str, address: str | None, follow: bool = False) -> int:
 
 def stop_job(job_id: str, address: str | None, wait_s: float = 30.0) -> None:
     """Ask Ray to stop the job (SIGTERM, then SIGKILL) and report how it ended."""
-    client = connect(address)
+    client = job_client(address)
     job = get_job(client, job_id)
     if str(job.status) in TERMINAL_STATUSES:
         click.echo(f"Job {job_id} already ended: {job.status}.")

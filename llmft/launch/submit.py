@@ -130,7 +130,7 @@ def submit_request(request: JobRequest, address: str | None, follow: bool) -> in
     """Send a prepared request; print the id (stdout) and how to follow it (stderr)."""
     from llmft.launch import jobs
 
-    client = jobs.connect(address)
+    client = jobs.job_client(address)
     if request.env_names:
         passed = [name for name in request.env_names if name != "PYTHONUNBUFFERED"]
         if passed:

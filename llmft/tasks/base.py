@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Callable
 
 
@@ -40,10 +42,12 @@ class HubSource:
 
 @dataclass(frozen=True)
 class Task:
-    """A task: its fields, its special tokens and its formatter.
+    """A task: its fields, its special tokens, its formatter and how it is scored.
 
     `stop_token` ends every completion and stops generation; None means the tokenizer's EOS.
     Bump `format_version` whenever the formatting changes, so cached tokenized data is rebuilt.
+    Everything else llmft needs to know about a task is here, so adding one means one module
+    under `llmft/tasks/` (plus its metrics module) and a line in the registry.
     """
 
     name: str
@@ -51,11 +55,24 @@ class Task:
     special_tokens: tuple[str, ...]
     stop_token: str | None
     format: Callable[[dict], Example]
+    # The metrics module (`score_example`, `score_examples`), imported on first use: SQL's needs sqlglot.
+    metrics: str
+    # The per-example metric stored as `correct` in predictions files.
+    primary_metric: str
+    # A row field the metrics need besides prediction and reference (SQL: the CREATE TABLE schema).
+    context_field: str | None = None
+    # The module generating llmft's synthetic `sample:<task>` rows (see `llmft.data.samples`).
+    samples: str | None = None
+    # Extra `llmft prepare` checks over the training rows: `rows -> {..., "warnings": [...]}`.
+    data_checks: Callable[[list[dict]], dict] | None = None
     format_version: int = 1
     hub: HubSource | None = None
     # For tasks whose text comes from the tokenizer's chat template: given a `Render`
     # (the template as a pure function), return the formatter to use instead of `format`.
     format_with_template: Callable[[Render], Callable[[dict], Example]] | None = None
+
+    def metrics_module(self) -> ModuleType:
+        return importlib.import_module(self.metrics)
 
 
 # `render(messages, add_generation_prompt) -> text`: a chat template as a pure function. The

@@ -101,5 +101,7 @@ TASK = Task(
     special_tokens=(IM_START, IM_END),
     stop_token=IM_END,
     format=format_with_render(builtin_render),
+    metrics="llmft.eval.metrics.generic",
+    primary_metric="exact_match",
     format_with_template=format_with_render,
 )

@@ -22,5 +22,8 @@ TASK = Task(
     special_tokens=("<START_Q>", "<END_Q>", "<START_A>", "<END_A>"),
     stop_token="<END_A>",
     format=format_gsm8k,
+    metrics="llmft.eval.metrics.gsm8k",
+    primary_metric="accuracy",
+    samples="llmft.data.samples.gsm8k",
     hub=HubSource(path="openai/gsm8k", config="main", splits={"train": None, "valid": None, "test": "test"}),
 )

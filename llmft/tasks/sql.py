@@ -24,5 +24,9 @@ TASK = Task(
     special_tokens=("<START_Q>", "<END_Q>", "<START_C>", "<END_C>", "<START_A>", "<END_A>"),
     stop_token="<END_A>",
     format=format_sql,
+    metrics="llmft.eval.metrics.sql",
+    primary_metric="execution_match",
+    context_field="context",
+    samples="llmft.data.samples.sql",
     hub=HubSource(path="b-mc2/sql-create-context", splits={"train": None, "valid": None, "test": None}),
 )

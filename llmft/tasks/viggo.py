@@ -22,5 +22,8 @@ TASK = Task(
     special_tokens=("<START_TEXT>", "<END_TEXT>", "<START_MR>", "<END_MR>"),
     stop_token="<END_MR>",
     format=format_viggo,
+    metrics="llmft.eval.metrics.viggo",
+    primary_metric="exact_match",
+    samples="llmft.data.samples.viggo",
     hub=HubSource(path="GEM/viggo"),
 )

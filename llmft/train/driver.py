@@ -7,26 +7,26 @@ message instead of inside a worker minutes later.
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 import time
 from pathlib import Path
-from typing import Any
 
+from llmft.cluster import check_placement, init_ray, keep_embedded_ray_on_loopback
 from llmft.config import Config, resolve_auto
 from llmft.errors import LlmftError
-
-STORAGE_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "hdfs://")
+from llmft.eval.prompts import GenerationInputs, generation_inputs
+from llmft.paths import absolute_paths, is_uri, join
 
 
 def run_training(cfg: Config, *, address: str | None = None, resume: str | None = None,
                  extra_env: dict[str, str] | None = None) -> Path:
     """Train, then export the best checkpoint. Returns the run folder."""
     keep_embedded_ray_on_loopback(address)
-    from llmft import checkpoint as ckpt
     from llmft.data.tokenize import tokenize_split
-    from llmft.models import load_task_tokenizer
-    from llmft.validate import local_model_hidden_size
+    from llmft.export import export_checkpoint
+    from llmft.models.architecture import local_hidden_size
+    from llmft.models.tokenizer import load_task_tokenizer
 
     # -- data: tokenized once here (and cached), then shared with the workers
     cfg = absolute_paths(cfg)
@@ -44,33 +44,32 @@ def run_training(cfg: Config, *, address: str | None = None, resume: str | None 
 
     # -- run folder and resume point
     run_name, resume_path = resolve_run(cfg, resume)
-    run_dir = _join(cfg.output.dir, run_name)
+    run_dir = join(cfg.output.dir, run_name)
 
     # -- Ray
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from llmft.train.loop import train_loop_per_worker
+    from llmft.train.loop import WorkerInput, train_loop_per_worker
 
-    connect(address)
+    init_ray(address)
     check_placement(cfg)
-    loop_config: dict[str, Any] = {
-        "config": cfg.model_dump(mode="json"),
-        "train_ref": ray.put(train_table),
-        "valid_ref": ray.put(valid_table) if valid_table is not None else None,
-        "run_dir": run_dir,
-        "hidden_size": local_model_hidden_size(cfg),
-        "resume_path": resume_path,
-        "generation_eval": generation_eval_inputs(cfg, tokenizer),
-    }
+    inputs = WorkerInput(
+        config=cfg,
+        train_data=ray.put(train_table),
+        valid_data=ray.put(valid_table) if valid_table is not None else None,
+        run_dir=run_dir,
+        hidden_size=local_hidden_size(cfg.model.name_or_path),
+        resume_path=resume_path,
+        generation_eval=generation_eval_inputs(cfg, tokenizer),
+    )
     resources = {"CPU": cfg.scaling.cpus_per_worker, **cfg.scaling.resources_per_worker}
     if cfg.scaling.use_gpu:
         resources["GPU"] = 1
     scored = cfg.data.valid is not None
     trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_config,
+        functools.partial(train_loop_per_worker, inputs),
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
@@ -94,40 +93,19 @@ def run_training(cfg: Config, *, address: str | None = None, resume: str | None 
         raise
 
     # -- export the best checkpoint as a Hugging Face model
-    if cfg.output.export_best and result.checkpoint is not None and not _is_uri(run_dir):
+    if cfg.output.export_best and result.checkpoint is not None and not is_uri(run_dir):
         best = result.get_best_checkpoint(cfg.output.checkpoint_metric, cfg.output.checkpoint_mode) if scored else None
         best = best or result.checkpoint
-        out = ckpt.export_checkpoint(best.path, Path(run_dir) / "model")
+        out = export_checkpoint(best.path, Path(run_dir) / "model")
         print(f"llmft: exported {best.path} -> {out}", flush=True)
     return Path(run_dir)
 
 
-def generation_eval_inputs(cfg: Config, tokenizer) -> dict[str, Any] | None:
+def generation_eval_inputs(cfg: Config, tokenizer) -> GenerationInputs | None:
     """Prompts and references of the validation subset scored by generation during training."""
     if not (cfg.training.generation_eval_every_steps and cfg.data.valid):
         return None
-    from llmft.eval.run import generation_inputs
-
-    inputs = generation_inputs(cfg, tokenizer, "valid", limit=cfg.training.generation_eval_examples)
-    return {key: inputs[key] for key in ("prompts", "references", "contexts", "max_new_tokens")}
-
-
-def absolute_paths(cfg: Config) -> Config:
-    """Resolve relative paths against the driver's working directory: workers run elsewhere."""
-    def absolute(value: str | None) -> str | None:
-        if value is None or _is_uri(value):
-            return value
-        path = Path(value).expanduser()
-        return str(path.resolve()) if path.exists() or value.startswith((".", "/", "~")) else value
-
-    model = cfg.model.model_copy(update={"name_or_path": absolute(cfg.model.name_or_path),
-                                         "tokenizer": absolute(cfg.model.tokenizer)})
-    data = cfg.data.model_copy(update={key: absolute(getattr(cfg.data, key)) for key in ("train", "valid", "test")}
-                               | {"cache_dir": str(Path(cfg.data.cache_dir).expanduser().resolve())})
-    output = cfg.output.model_copy(update={"dir": cfg.output.dir if _is_uri(cfg.output.dir)
-                                           else str(Path(cfg.output.dir).expanduser().resolve())})
-    ds = cfg.deepspeed.model_copy(update={"config_file": absolute(cfg.deepspeed.config_file)})
-    return cfg.model_copy(update={"model": model, "data": data, "output": output, "deepspeed": ds})
+    return generation_inputs(cfg, tokenizer, "valid", limit=cfg.training.generation_eval_examples)
 
 
 def resolve_run(cfg: Config, resume: str | None) -> tuple[str, str | None]:
@@ -139,7 +117,7 @@ def resolve_run(cfg: Config, resume: str | None) -> tuple[str, str | None]:
     base = cfg.output.run_name
     if resume is None:
         name = base or f"{cfg.data.task}-{Path(cfg.model.name_or_path).name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if not _is_uri(cfg.output.dir) and (Path(cfg.output.dir) / name).exists():
+        if not is_uri(cfg.output.dir) and (Path(cfg.output.dir) / name).exists():
             raise LlmftError(f"Run folder {Path(cfg.output.dir) / name} already exists. Continue it with "
                              f"`--resume latest`, or start a new run with output.run_name=<new name>.")
         return name, None
@@ -147,7 +125,7 @@ def resolve_run(cfg: Config, resume: str | None) -> tuple[str, str | None]:
         if base is None:
             raise LlmftError("`--resume latest` needs output.run_name (the run to continue); "
                              f"pass it as an override, e.g. output.run_name=<folder under {cfg.output.dir}>.")
-        if _is_uri(cfg.output.dir):
+        if is_uri(cfg.output.dir):
             return base, None  # Ray's record of the run names its latest checkpoint
         from llmft.checkpoint import find_checkpoints
 
@@ -161,53 +139,6 @@ def resolve_run(cfg: Config, resume: str | None) -> tuple[str, str | None]:
     check_compatible(read_state(path), cfg, cfg.world_size, where=path)
     name = (base or path.parent.name) + f"-resumed-{time.strftime('%Y%m%d-%H%M%S')}"
     return name, str(path)
-
-
-def keep_embedded_ray_on_loopback(address: str | None) -> None:
-    """Without this, an embedded Ray's GCS, raylet and agents listen on every interface even with
-    `_node_ip_address=127.0.0.1`. Ray reads the switch when it is first imported, so this runs
-    before any `import ray`; it is left alone when joining a real cluster."""
-    if not (address or os.environ.get("RAY_ADDRESS")):
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-
-
-def connect(address: str | None) -> None:
-    """Join the Ray cluster at `address`/$RAY_ADDRESS, or start an embedded one on loopback."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    # Workers inherit the driver's environment through Ray; keep Ray's own logs quiet.
-    if address:
-        try:
-            ray.init(address=address, log_to_driver=True)
-        except (ConnectionError, RuntimeError, TimeoutError) as exc:
-            raise LlmftError(f"Cannot connect to Ray at {address}: {exc}. Check the address "
-                             "(`ray status` on the head), or unset RAY_ADDRESS to use a local Ray.") from None
-    else:
-        # Loopback only: an embedded Ray must never expose its ports or dashboard to the network.
-        context = ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=True)
-        # Ray's helper processes look the cluster up again; point them at this one, not at any
-        # other Ray running on the machine.
-        os.environ["RAY_ADDRESS"] = context.address_info["address"]
-
-
-def check_placement(cfg: Config) -> None:
-    """Fail in seconds, not hang, when the cluster cannot hold the requested workers."""
-    import ray
-
-    total = ray.cluster_resources()
-    needs = {"CPU": cfg.scaling.num_workers * cfg.scaling.cpus_per_worker}
-    if cfg.scaling.use_gpu:
-        needs["GPU"] = cfg.scaling.num_workers
-    for name, amount in cfg.scaling.resources_per_worker.items():
-        needs[name] = needs.get(name, 0) + amount * cfg.scaling.num_workers
-    short = {k: (v, total.get(k, 0)) for k, v in needs.items() if total.get(k, 0) < v}
-    if short:
-        detail = ", ".join(f"{k}: needs {need:g}, cluster has {have:g}" for k, (need, have) in short.items())
-        raise LlmftError(f"The Ray cluster cannot place {cfg.scaling.num_workers} workers ({detail}). Lower "
-                         "scaling.num_workers or scaling.cpus_per_worker, or add nodes.")
 
 
 def worker_env(extra: dict[str, str] | None) -> dict[str, str]:
@@ -237,17 +168,3 @@ def _find_user_error(exc: BaseException) -> str | None:
         if isinstance(failures, dict):
             stack += list(failures.values())
     return None
-
-
-def _is_uri(path: str) -> bool:
-    return path.startswith(STORAGE_SCHEMES)
-
-
-def _join(base: str, name: str) -> str:
-    return f"{base.rstrip('/')}/{name}" if _is_uri(base) else str(Path(base) / name)
-
-
-def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The run's metrics file as a list of records."""
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line]

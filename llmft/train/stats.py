@@ -1,16 +1,12 @@
-"""Every training number llmft shows, defined once.
-
-Losses are sums over trained tokens here; they become means only after the sums of all
-micro-batches and workers of a step are added up, so the loss is per trained token of the whole
-global batch (not a mean of per-micro-batch means, which over-weights short micro-batches).
-"""
+"""Every training number llmft shows, defined once: token counts that add up across micro-batches
+and workers, the metrics made from them, and MFU."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
 import torch
-import torch.nn.functional as F
+import torch.distributed as dist
 
 # Peak dense bf16 tensor throughput, for MFU. Unknown devices get no MFU rather than a wrong one.
 PEAK_BF16_FLOPS = {"A10G": 125e12, "A100": 312e12, "H100": 989e12, "L4": 121e12, "A6000": 155e12, "L40S": 362e12}
@@ -49,30 +45,13 @@ class TokenStats:
         }
 
 
-def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, segment_ids: torch.Tensor) -> tuple[torch.Tensor, TokenStats]:
-    """Summed next-token cross-entropy over trained tokens, and the counts that go with it."""
-    logits = logits[:, :-1].float()
-    targets = labels[:, 1:]
-    segments = segment_ids[:, 1:]
-    trained = targets != -100
-    loss_sum = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
-                               ignore_index=-100, reduction="sum")
-    with torch.no_grad():
-        correct = (logits.argmax(-1) == targets) & trained
-        # One slot per (row, segment): a sequence is right when no trained token in it is wrong.
-        slots = segments.size(1) + 1
-        slot = (torch.arange(segments.size(0), device=segments.device)[:, None] * slots + segments)[trained]
-        has_trained = torch.bincount(slot, minlength=segments.size(0) * slots) > 0
-        wrong = torch.bincount(slot, weights=(~correct[trained]).float(), minlength=segments.size(0) * slots) > 0
-        stats = TokenStats(
-            loss_sum=float(loss_sum.detach()),
-            trained_tokens=int(trained.sum()),
-            correct_tokens=int(correct.sum()),
-            sequences=int(has_trained.sum()),
-            correct_sequences=int((has_trained & ~wrong).sum()),
-            tokens=int((segment_ids > 0).sum()),
-        )
-    return loss_sum, stats
+def all_reduce(stats: TokenStats, device: torch.device) -> TokenStats:
+    """The sum of every worker's counts (on every worker)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return stats
+    values = stats.as_tensor().to(device)
+    dist.all_reduce(values)
+    return TokenStats.from_tensor(values.cpu())
 
 
 def mfu(num_params: int, tokens_per_second_per_device: float, device_name: str | None) -> float | None:

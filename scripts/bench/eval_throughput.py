@@ -37,8 +37,8 @@ def main() -> None:
 
     from llmft.config import load_config
     from llmft.eval.generate import Generator
-    from llmft.eval.run import generation_inputs
-    from llmft.models import load_tokenizer
+    from llmft.eval.prompts import generation_inputs
+    from llmft.models.tokenizer import load_tokenizer
     from llmft.tasks import get_task
 
     model_path, few_shot = resolve_model(args.model)
@@ -47,7 +47,7 @@ def main() -> None:
     tokenizer = load_tokenizer(cfg)
     # The prompts, references and generation length `llmft eval` would use.
     inputs = generation_inputs(cfg, tokenizer, "test", limit=args.examples, few_shot=few_shot)
-    examples, prompts, max_new_tokens = inputs["examples"], inputs["prompts"], inputs["max_new_tokens"]
+    examples, prompts, max_new_tokens = inputs.examples, inputs.prompts, inputs.max_new_tokens
     generator = Generator(str(model_path), stop_token=task.stop_token, max_new_tokens=max_new_tokens,
                           use_gpu=False, dtype="float32", num_threads=args.threads)
     print(f"model {model_path} ({few_shot}-shot prompts), {len(prompts)} prompts, max_new_tokens {max_new_tokens}, "

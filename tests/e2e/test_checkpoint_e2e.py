@@ -16,12 +16,14 @@ import pytest
 import torch
 
 from llmft.config import load_config
+from llmft.data.samples import generate_rows
 from llmft.errors import LlmftError
-from llmft.samples import generate_rows
-from llmft.train.driver import read_metrics, run_training
+from llmft.train.driver import run_training
+from llmft.train.logger import read_metrics
 
 pytestmark = pytest.mark.e2e
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
+
 NUM_EXAMPLES = 160
 
 

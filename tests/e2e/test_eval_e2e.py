@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.e2e
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
 
 
 def llmft(*args: str) -> subprocess.CompletedProcess:

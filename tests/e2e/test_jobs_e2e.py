@@ -27,10 +27,11 @@ from pathlib import Path
 
 import pytest
 
-from llmft.launch.local_head import LocalHead, start_local_head, stop_local_head
+from tests.support.ray_head import LocalHead, start_local_head, stop_local_head
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
+
 FAKE_HF_TOKEN = "hf_e2e_not_a_real_token_5f3a"
 
 
@@ -72,7 +73,7 @@ def run_cli(head: LocalHead, *args: str, env: dict[str, str] | None = None, unse
 def job_status(job_id: str) -> str:
     from llmft.launch import jobs
 
-    return str(jobs.get_job(jobs.connect(None), job_id).status)
+    return str(jobs.get_job(jobs.job_client(None), job_id).status)
 
 
 def closed_port() -> int:
@@ -173,7 +174,7 @@ def tiny_overrides(model_dir: Path, out: Path, run_name: str, *extra: str) -> li
 
 
 def assert_run_outputs(run_dir: Path) -> None:
-    from llmft.train.driver import read_metrics
+    from llmft.train.logger import read_metrics
 
     assert any("train_loss" in record for record in read_metrics(run_dir)), run_dir
     assert (run_dir / "model" / "config.json").is_file()
@@ -191,7 +192,7 @@ def test_llmft_submit_follow_trains_the_tiny_config(client_env, head, tiny_model
     assert job_id.startswith("llmft-viggo-tiny-cpu-")
     from llmft.launch import jobs
 
-    info = jobs.get_job(jobs.connect(None), job_id)
+    info = jobs.get_job(jobs.job_client(None), job_id)
     assert str(info.status) == "SUCCEEDED"
     assert info.runtime_env["env_vars"]["HF_TOKEN"] == FAKE_HF_TOKEN  # passed through to the job
     assert_run_outputs(tmp_path / "via-llmft-submit")
@@ -240,7 +241,7 @@ def test_training_stopped_mid_way_resumes_from_a_complete_checkpoint(client_env,
                                 working_dir=REPO, submission_id="e2e-resumed-training")
     assert resumed == 0
     assert_run_outputs(run_dir)
-    from llmft.train.driver import read_metrics
+    from llmft.train.logger import read_metrics
 
     steps = [record["step"] for record in read_metrics(run_dir) if "train_loss" in record]
     assert steps == list(range(1, 17)), steps  # every step once: no gap, no step trained twice

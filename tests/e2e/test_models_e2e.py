@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from pathlib import Path
@@ -18,15 +17,9 @@ import pytest
 import torch
 
 from llmft.config import Config
-from llmft.models import (
-    GGUF_IMPORT_MARKER,
-    add_task_tokens,
-    import_gguf,
-    init_new_embeddings_to_mean,
-    load_model,
-    load_tokenizer,
-    smollm2_gguf_path,
-)
+from llmft.models.gguf import GGUF_IMPORT_MARKER, import_gguf, smollm2_gguf_path
+from llmft.models.loading import init_new_embeddings_to_mean, load_model
+from llmft.models.tokenizer import add_task_tokens, load_tokenizer
 from llmft.tasks import get_task
 from llmft.train.deepspeed import build_deepspeed_config
 

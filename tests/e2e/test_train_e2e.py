@@ -17,10 +17,11 @@ import pytest
 import torch
 
 from llmft.config import load_config
-from llmft.train.driver import read_metrics, run_training
+from llmft.train.driver import run_training
+from llmft.train.logger import read_metrics
 
 pytestmark = pytest.mark.e2e
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
 
 
 def tiny_config(model_dir: Path, out: Path, *overrides: str):
@@ -110,9 +111,9 @@ def test_user_errors_fail_fast(tiny_model_dir, tmp_path):
 def test_embedded_ray_listens_on_loopback_only():
     script = (
         "import psutil, time\n"
-        "from llmft.train.driver import connect, keep_embedded_ray_on_loopback\n"
+        "from llmft.cluster import init_ray, keep_embedded_ray_on_loopback\n"
         "keep_embedded_ray_on_loopback(None)\n"
-        "connect(None)\n"
+        "init_ray(None)\n"
         "time.sleep(2)\n"
         "bad = [(p.name(), c.laddr.ip) for p in psutil.Process().children(recursive=True)\n"
         "       for c in p.net_connections(kind='inet') if c.status == 'LISTEN'\n"

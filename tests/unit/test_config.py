@@ -10,8 +10,8 @@ import pytest
 
 from llmft.config import load_config, resolve_auto
 from llmft.errors import LlmftError
+from tests.support import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 SHIPPED = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.name != "recipe-llama-2.yaml"
                  and p.name != "base.yaml" and "cluster" not in p.parts)
 

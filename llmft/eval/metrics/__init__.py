@@ -6,35 +6,18 @@ Conventions every metric follows, so `llmft compare` can treat them alike:
 - counts are ints (`num_examples`, `unparseable`, `invalid_sql`, `no_number`, ...);
 - anything else (the classification `confusion_matrix`) is a nested dict, never a column.
 Per-example dicts carry booleans and always a `correct` key: the task's primary metric
-(`PRIMARY_METRIC`), which the predictions JSONL stores per example.
+(`Task.primary_metric`), which the predictions JSONL stores per example.
 """
 
 from __future__ import annotations
 
 from types import ModuleType
 
-from llmft.errors import LlmftError
+from llmft.tasks import get_task
 
 
 def _module(task: str) -> ModuleType:
-    # Imported on demand: sqlglot is only needed for SQL.
-    if task == "viggo":
-        from llmft.eval.metrics import viggo as module
-    elif task == "sql":
-        from llmft.eval.metrics import sql as module
-    elif task == "gsm8k":
-        from llmft.eval.metrics import gsm8k as module
-    elif task in ("prompt_completion", "chat"):
-        from llmft.eval.metrics import generic as module
-    else:
-        raise LlmftError(f"No metrics for task {task!r}: known tasks are {', '.join(TASKS)}. "
-                         "Set `task.name` in the config to one of them.")
-    return module
-
-
-TASKS = ("viggo", "sql", "gsm8k", "prompt_completion", "chat")
-PRIMARY_METRIC = {"viggo": "exact_match", "sql": "execution_match", "gsm8k": "accuracy",
-                  "prompt_completion": "exact_match", "chat": "exact_match"}
+    return get_task(task).metrics_module()
 
 
 def _check_lengths(predictions: list[str], references: list[str], contexts: list | None) -> None:
@@ -47,7 +30,9 @@ def score_with_examples(task: str, predictions: list[str], references: list[str]
                         contexts: list[str | None] | None = None) -> tuple[dict, list[dict]]:
     """The aggregate metrics and the per-example dicts, in one pass (SQL executes queries once)."""
     _check_lengths(predictions, references, contexts)
-    return _module(task).score_examples(list(predictions), list(references), contexts)
+    metrics, examples = _module(task).score_examples(list(predictions), list(references), contexts)
+    primary = get_task(task).primary_metric
+    return metrics, [{**example, "correct": bool(example[primary])} for example in examples]
 
 
 def score(task: str, predictions: list[str], references: list[str],
@@ -58,4 +43,5 @@ def score(task: str, predictions: list[str], references: list[str],
 
 def score_example(task: str, prediction: str, reference: str, context: str | None = None) -> dict:
     """One example's metrics as booleans (and a few details); `correct` is the primary metric."""
-    return _module(task).score_example(prediction, reference, context)
+    example = _module(task).score_example(prediction, reference, context)
+    return {**example, "correct": bool(example[get_task(task).primary_metric])}

@@ -47,9 +47,9 @@ def is_label_set(references: list[str]) -> bool:
 
 
 def score_example(prediction: str, reference: str, context: str | None = None) -> dict:
-    """`exact_match` and `token_f1` for one example; `correct` is `exact_match`."""
+    """`exact_match` and `token_f1` for one example."""
     exact = prediction.strip() == reference.strip()
-    return {"exact_match": exact, "token_f1": token_f1(prediction, reference), "correct": exact}
+    return {"exact_match": exact, "token_f1": token_f1(prediction, reference)}
 
 
 def classification_metrics(predictions: list[str], references: list[str]) -> dict:

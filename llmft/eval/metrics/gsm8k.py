@@ -43,7 +43,7 @@ def extract_answer(text: str) -> Decimal | None:
 
 
 def score_example(prediction: str, reference: str, context: str | None = None) -> dict:
-    """`accuracy` and the format flags for one example; `correct` is `accuracy`."""
+    """`accuracy` and the format flags for one example."""
     predicted, expected = extract_answer(prediction), extract_answer(reference)
     correct = predicted is not None and expected is not None and predicted == expected
     return {
@@ -51,7 +51,6 @@ def score_example(prediction: str, reference: str, context: str | None = None) -
         "has_marker": MARKER in prediction,
         "no_number": predicted is None,
         "predicted_answer": None if predicted is None else _plain(predicted),
-        "correct": correct,
     }
 
 

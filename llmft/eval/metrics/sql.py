@@ -367,7 +367,7 @@ def execution_match(prediction: str, reference: str, schema: Schema) -> Executio
 # --- scoring ---------------------------------------------------------------------------------
 
 def score_example(prediction: str, reference: str, context: str | None = None) -> dict:
-    """Booleans for one example; `correct` is `execution_match`."""
+    """Booleans for one example."""
     schema = parse_schema(context)
     exact = exact_match(prediction, reference, schema)
     outcome = execution_match(prediction, reference, schema)
@@ -380,7 +380,6 @@ def score_example(prediction: str, reference: str, context: str | None = None) -
         "timed_out": outcome.timed_out,
         "execution_checked": outcome.checked,
         "gold_nonempty": outcome.gold_nonempty,
-        "correct": executed,
     }
 
 

@@ -76,7 +76,7 @@ def _values(mr: MeaningRepresentation) -> dict[str, frozenset[str]]:
 
 
 def score_example(prediction: str, reference: str, context: str | None = None) -> dict:
-    """Booleans for one example; `correct` is `exact_match`."""
+    """Booleans for one example."""
     exact = normalise_whitespace(prediction) == normalise_whitespace(reference)
     pred, ref = parse_mr(prediction), parse_mr(reference)
     result = {key: False for key in BOOLEAN_KEYS}
@@ -88,7 +88,6 @@ def score_example(prediction: str, reference: str, context: str | None = None) -
         result["attribute_set_match"] = same_set
         result["attribute_order_match"] = pred.names == ref.names
         result["attribute_value_match"] = same_set and _values(pred) == _values(ref)
-    result["correct"] = exact
     return result
 
 

@@ -1,0 +1,36 @@
+"""Paths a run reads and writes: local folders, or storage URIs that Ray Train accepts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llmft.config import Config
+
+STORAGE_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "hdfs://")
+
+
+def is_uri(path: str) -> bool:
+    return path.startswith(STORAGE_SCHEMES)
+
+
+def join(base: str, name: str) -> str:
+    """`base/name` for a folder or a storage URI."""
+    return f"{base.rstrip('/')}/{name}" if is_uri(base) else str(Path(base) / name)
+
+
+def absolute_paths(cfg: Config) -> Config:
+    """Resolve relative paths against the driver's working directory: workers run elsewhere."""
+    def absolute(value: str | None) -> str | None:
+        if value is None or is_uri(value):
+            return value
+        path = Path(value).expanduser()
+        return str(path.resolve()) if path.exists() or value.startswith((".", "/", "~")) else value
+
+    model = cfg.model.model_copy(update={"name_or_path": absolute(cfg.model.name_or_path),
+                                         "tokenizer": absolute(cfg.model.tokenizer)})
+    data = cfg.data.model_copy(update={key: absolute(getattr(cfg.data, key)) for key in ("train", "valid", "test")}
+                               | {"cache_dir": str(Path(cfg.data.cache_dir).expanduser().resolve())})
+    output = cfg.output.model_copy(update={"dir": cfg.output.dir if is_uri(cfg.output.dir)
+                                           else str(Path(cfg.output.dir).expanduser().resolve())})
+    ds = cfg.deepspeed.model_copy(update={"config_file": absolute(cfg.deepspeed.config_file)})
+    return cfg.model_copy(update={"model": model, "data": data, "output": output, "deepspeed": ds})

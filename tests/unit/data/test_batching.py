@@ -1,0 +1,118 @@
+"""Packing, the epoch plan and the per-worker split: the properties training relies on."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from llmft.data.batching import (
+    TokenizedExamples,
+    collate,
+    pack_examples,
+    plan_epoch,
+    trained_tokens,
+    worker_micro_batches,
+)
+from llmft.train.loss import next_token_loss
+
+
+def make_columns(n: int, seed: int = 0, vocab: int = 100) -> TokenizedExamples:
+    rng = random.Random(seed)
+    ids, labels = [], []
+    for _ in range(n):
+        prompt, completion = rng.randint(2, 12), rng.randint(1, 10)
+        row = [1] + [rng.randrange(3, vocab) for _ in range(prompt + completion - 1)]
+        ids.append(row)
+        labels.append([-100] * prompt + row[prompt:])
+    return TokenizedExamples(ids, labels, [sum(l != -100 for l in lab) for lab in labels])
+
+
+def test_pack_respects_max_length_and_uses_each_example_once():
+    lengths = [random.Random(i).randint(1, 50) for i in range(500)]
+    rows = pack_examples(lengths, 64)
+    assert sorted(i for row in rows for i in row) == list(range(500))
+    assert all(sum(lengths[i] for i in row) <= 64 for row in rows)
+    assert sum(lengths) / (len(rows) * 64) > 0.9  # best-fit-decreasing packs tightly
+
+
+@pytest.mark.parametrize("packing", [True, False])
+@pytest.mark.parametrize("world_size,micro", [(1, 8), (2, 2), (4, 1), (2, 4)])
+def test_every_example_exactly_once_per_epoch_across_workers(packing, world_size, micro):
+    columns = make_columns(203)
+    global_batch = 8
+    for epoch in range(3):
+        plan = plan_epoch(columns.lengths, epoch=epoch, seed=7, max_length=32, packing=packing,
+                          global_batch_size=global_batch)
+        seen = Counter()
+        for batch in plan:
+            assert len(batch) == global_batch
+            for rank in range(world_size):
+                micro_batches = worker_micro_batches(batch, rank=rank, world_size=world_size, micro_batch_size=micro)
+                assert len(micro_batches) == global_batch // (world_size * micro)
+                seen.update(i for rows in micro_batches for row in rows for i in row)
+        assert set(seen.values()) == {1} and len(seen) == 203
+
+
+def test_plan_is_reshuffled_per_epoch_and_reproducible():
+    lengths = make_columns(100).lengths
+    kwargs = dict(seed=3, max_length=32, packing=True, global_batch_size=4)
+    assert plan_epoch(lengths, epoch=0, **kwargs) == plan_epoch(lengths, epoch=0, **kwargs)
+    assert plan_epoch(lengths, epoch=0, **kwargs) != plan_epoch(lengths, epoch=1, **kwargs)
+
+
+def test_global_batch_is_independent_of_worker_split():
+    """The same global batch gives the same rows whatever the worker/micro split."""
+    batch = plan_epoch(make_columns(64).lengths, epoch=0, seed=1, max_length=32, packing=True, global_batch_size=8)[0]
+    def rows_of(world, micro):
+        return sorted(tuple(r) for rank in range(world)
+                      for rows in worker_micro_batches(batch, rank=rank, world_size=world, micro_batch_size=micro)
+                      for r in rows)
+    assert rows_of(1, 8) == rows_of(2, 2) == rows_of(4, 2)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    config._attn_implementation = "sdpa"
+    return LlamaForCausalLM(config).eval()
+
+
+def test_packed_and_unpacked_give_the_same_per_token_loss(tiny_model):
+    columns = make_columns(12, seed=5)
+    rows = pack_examples(columns.lengths, 40)
+    assert any(len(row) > 1 for row in rows)
+    packed = collate(columns, rows, pad_id=0, block_mask=True)
+    with torch.no_grad():
+        logits = tiny_model(input_ids=packed["input_ids"], attention_mask=packed["attention_mask"],
+                            position_ids=packed["position_ids"]).logits
+        packed_sum, packed_stats = next_token_loss(logits, packed["labels"], packed["segment_ids"])
+        single_sum, single_tokens = 0.0, 0
+        for i in range(12):
+            one = collate(columns, [[i]], pad_id=0, block_mask=True)
+            out = tiny_model(input_ids=one["input_ids"], position_ids=one["position_ids"]).logits
+            loss, stats = next_token_loss(out, one["labels"], one["segment_ids"])
+            single_sum += float(loss)
+            single_tokens += stats.trained_tokens
+    assert packed_stats.trained_tokens == single_tokens == trained_tokens(columns, [[i] for i in range(12)])
+    assert abs(float(packed_sum) / packed_stats.trained_tokens - single_sum / single_tokens) < 1e-5
+    assert packed_stats.sequences == 12
+
+
+def test_padded_batch_matches_unpadded(tiny_model):
+    columns = make_columns(6, seed=9)
+    padded = collate(columns, [[i] for i in range(6)], pad_id=0, block_mask=True)
+    with torch.no_grad():
+        logits = tiny_model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"],
+                            position_ids=padded["position_ids"]).logits
+        total, stats = next_token_loss(logits, padded["labels"], padded["segment_ids"])
+        reference = sum(float(next_token_loss(tiny_model(input_ids=torch.tensor([columns.input_ids[i]])).logits,
+                                              torch.tensor([columns.labels[i]]),
+                                              torch.ones(1, len(columns.input_ids[i]), dtype=torch.long))[0])
+                        for i in range(6))
+    assert abs(float(total) - reference) / stats.trained_tokens < 1e-5

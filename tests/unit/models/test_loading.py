@@ -1,0 +1,146 @@
+"""Tests for llmft.models: tokenizers, task tokens, mean init, the tiny Llama and error messages.
+
+The tiny model is built once per module (about a second); GGUF import and ZeRO-3 loading are in
+tests/e2e/test_models_e2e.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import (
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
+
+from llmft.config import Config
+from llmft.errors import LlmftError
+from llmft.models.loading import init_new_embeddings_to_mean, load_model
+from llmft.models.tokenizer import add_task_tokens, load_tokenizer
+from llmft.tasks import get_task
+
+MARKER_TASKS = ("viggo", "sql", "gsm8k")
+
+
+def make_config(name_or_path: str | Path, task: str = "viggo", **model: object) -> Config:
+    return Config.model_validate({
+        "model": {"name_or_path": str(name_or_path), **model},
+        "data": {"task": task, "train": f"sample:{task}@train"},
+        "scaling": {"num_workers": 1}, "training": {"global_batch_size": 1},
+        "source": "configs/test.yaml",
+    })
+
+
+def _checkpointing(model: torch.nn.Module) -> bool:
+    """Whether activation checkpointing is on, and then non-reentrant (ZeRO-3 needs that)."""
+    for module in model.modules():
+        if getattr(module, "gradient_checkpointing", False):
+            return module._gradient_checkpointing_func.keywords == {"use_reentrant": False}
+    return False
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_new_embedding_rows_start_at_the_mean(tied: bool) -> None:
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=2,
+                                         tie_word_embeddings=tied))
+    old_in = model.get_input_embeddings().weight.detach().clone()
+    old_out = model.get_output_embeddings().weight.detach().clone()
+    model.resize_token_embeddings(103, mean_resizing=False)
+    init_new_embeddings_to_mean(model, 100)
+    new_in = model.get_input_embeddings().weight.detach()
+    new_out = model.get_output_embeddings().weight.detach()
+    assert new_in.shape == new_out.shape == (103, 32)
+    assert torch.equal(new_in[:100], old_in)
+    assert torch.allclose(new_in[100:], old_in.mean(0).expand(3, -1), atol=1e-7)
+    assert torch.allclose(new_out[100:], old_out.mean(0).expand(3, -1), atol=1e-7)
+    if tied:
+        assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    else:
+        assert not torch.allclose(new_in[100:], new_out[100:])
+
+
+def test_load_model_resizes_and_mean_initialises(tiny_dir: Path) -> None:
+    cfg = make_config(tiny_dir, "sql", attn_implementation="eager", gradient_checkpointing=True)
+    tokenizer = load_tokenizer(cfg)
+    added = add_task_tokens(tokenizer, get_task("sql"))
+    model = load_model(cfg, tokenizer)
+    reference = load_file(tiny_dir / "model.safetensors")
+    embed = model.get_input_embeddings().weight.detach()
+    head = model.get_output_embeddings().weight.detach()
+    assert embed.shape[0] == head.shape[0] == len(tokenizer) == 2048 + added
+    assert model.config.vocab_size == len(tokenizer)
+    assert torch.equal(embed[:2048], reference["model.embed_tokens.weight"])
+    assert torch.allclose(embed[2048:], reference["model.embed_tokens.weight"].mean(0).expand(added, -1))
+    assert torch.allclose(head[2048:], reference["lm_head.weight"].mean(0).expand(added, -1))
+    assert model.dtype == torch.float32
+    assert _checkpointing(model)
+    assert model.config._attn_implementation == "eager"
+    assert model.llmft_hf_ds_config is None
+    ids = tokenizer("<START_Q>How many?<END_Q><START_A>SELECT", return_tensors="pt")["input_ids"]
+    model.train()
+    model(ids, labels=ids).loss.backward()  # checkpointing (non-reentrant) runs backward
+    assert model.get_input_embeddings().weight.grad[2048:].abs().sum() > 0
+
+
+def test_load_model_keeps_a_model_that_already_has_the_tokens(tiny_dir: Path, tmp_path: Path) -> None:
+    # An exported fine-tuned model already has the task rows: they must not be reset to the mean.
+    cfg = make_config(tiny_dir, "viggo", gradient_checkpointing=False)
+    tokenizer = load_tokenizer(cfg)
+    add_task_tokens(tokenizer, get_task("viggo"))
+    model = load_model(cfg, tokenizer)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[-1] = 7.0
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    cfg2 = make_config(tmp_path, "viggo", gradient_checkpointing=False)
+    tokenizer2 = load_tokenizer(cfg2)
+    assert add_task_tokens(tokenizer2, get_task("viggo")) == 0
+    model2 = load_model(cfg2, tokenizer2)
+    assert torch.all(model2.get_input_embeddings().weight[-1] == 7.0)
+    assert not _checkpointing(model2)
+
+
+def test_missing_tiny_model_says_how_to_make_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = make_config(".cache/tiny-llama")
+    with pytest.raises(LlmftError) as error:
+        load_tokenizer(cfg)
+    message = str(error.value)
+    assert "model.name_or_path" in message and ".cache/tiny-llama" in message
+    assert "configs/test.yaml" in message
+    assert "llmft models make-tiny --out .cache/tiny-llama" in message
+    with pytest.raises(LlmftError, match="make-tiny"):
+        load_model(cfg, None)  # type: ignore[arg-type]
+
+
+def test_folder_without_weights_is_a_clear_error(tiny_dir: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((tiny_dir / "config.json").read_text())
+    cfg = make_config(broken)
+    with pytest.raises(LlmftError, match=r"model\.name_or_path .*lacks weights"):
+        load_model(cfg, AutoTokenizer.from_pretrained(tiny_dir))
+    (broken / "config.json").unlink()
+    with pytest.raises(LlmftError, match=r"lacks config\.json and weights"):
+        load_model(cfg, AutoTokenizer.from_pretrained(tiny_dir))
+    with pytest.raises(LlmftError, match=r"model\.name_or_path .*could not load the tokenizer"):
+        load_tokenizer(cfg)
+
+
+def test_unreachable_hub_id_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    # Offline mode fails at once instead of retrying for a minute; the message is the same.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    cfg = make_config("meta-llama/Llama-2-7b-hf")
+    with pytest.raises(LlmftError) as error:
+        load_tokenizer(cfg)
+    message = str(error.value)
+    assert "model.name_or_path = 'meta-llama/Llama-2-7b-hf'" in message
+    assert "hub access" in message and "import-gguf" in message

@@ -1,0 +1,122 @@
+"""`llmft plan`: parameter counts, agreement with DeepSpeed's estimators, and the shipped configs fitting."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from llmft.cli import main
+from llmft.config import load_config
+from llmft.memory import GB, activation_bytes, estimate, run_plan
+from llmft.models.architecture import (
+    architecture,
+    load_model_config,
+)
+from tests.support import REPO as ROOT
+
+FIXTURES = ROOT / "tests" / "fixtures" / "model_configs"
+SIZES = ("7b", "13b", "70b")
+
+# Our model-state figure on the GPU may differ from DeepSpeed's estimator by this much. Ours adds
+# the communication and prefetch buckets (<= 0.25 GB with llmft's model-sized buckets) and counts
+# the step's fp32 gradients per ZeRO-3 sub-group where DeepSpeed counts them whole (up to 11%).
+RELATIVE_TOLERANCE = 0.12
+ABSOLUTE_TOLERANCE_GB = 0.5
+
+
+def fixture_config(name: str) -> dict:
+    return json.loads((FIXTURES / name / "config.json").read_text())
+
+
+def shipped(size: str, overrides: tuple[str, ...] = ()):
+    return load_config(ROOT / "configs" / "viggo" / f"llama-2-{size}.yaml", list(overrides))
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("stage, offload_optimizer, offload_params", [
+    (2, "none", "none"), (2, "cpu", "none"), (3, "none", "none"), (3, "cpu", "none"), (3, "cpu", "cpu"),
+])
+def test_model_states_agree_with_deepspeeds_estimator(size, stage, offload_optimizer, offload_params):
+    cfg = shipped(size, (f"deepspeed.zero_stage={stage}", f"deepspeed.offload_optimizer={offload_optimizer}",
+                         f"deepspeed.offload_params={offload_params}"))
+    report = estimate(load_model_config(cfg.model.name_or_path)[0], cfg, gpu_memory_gb=24)
+    ds = report["deepspeed_estimate"]
+    assert ds["function"].endswith(f"estimate_zero{stage}_model_states_mem_needs")
+    ours, theirs = ds["ours_gpu_model_states_gb"], ds["gpu_model_states_gb"]
+    assert abs(ours - theirs) <= max(RELATIVE_TOLERANCE * theirs, ABSOLUTE_TOLERANCE_GB), (ours, theirs)
+    if stage == 3 and offload_optimizer == "cpu":  # DeepSpeed's CPU figure carries a 1.5x buffer factor
+        assert report["cpu_memory_per_node_gb"] == pytest.approx(ds["cpu_per_node_gb"] / 1.5, rel=0.15)
+
+
+@pytest.mark.parametrize("task", ["viggo", "sql", "gsm8k"])
+@pytest.mark.parametrize("size", SIZES)
+def test_shipped_configs_fit_on_24_gb_a10g(task, size):
+    cfg = load_config(ROOT / "configs" / task / f"llama-2-{size}.yaml")
+    report = estimate(load_model_config(cfg.model.name_or_path)[0], cfg, gpu_memory_gb=24)
+    assert report["fits"], report["gpu_total_gb"]
+    assert report["min_gpus"] <= cfg.scaling.num_workers
+    # Sanity: the checkpointed activations are a real share of the total, not rounding noise.
+    assert 2 < report["activations_gb"]["with_checkpointing"] < report["gpu_total_gb"]
+
+
+def test_70b_on_one_gpu_without_offload_does_not_fit_and_says_how_many_gpus(capsys):
+    cfg = shipped("70b", ("scaling.num_workers=1", "training.global_batch_size=8",
+                          "deepspeed.offload_optimizer=none"))
+    report = estimate(load_model_config(cfg.model.name_or_path)[0], cfg, gpu_memory_gb=24)
+    assert not report["fits"]
+    assert report["gpu_total_gb"] > 1000  # 16 bytes x 69B parameters on one GPU
+    # ZeRO-3 divides ~16 bytes/param over the GPUs: 69e9 * 16 / 2**30 / 24 GB is about 43, plus activations.
+    assert 43 < report["min_gpus"] < 200
+    assert report["at_min_gpus"]["gpu_total_gb"] <= 24
+    run_plan(cfg, as_json=False, gpu_memory_gb=24)
+    out = capsys.readouterr().out
+    assert "Does not fit" in out and str(report["min_gpus"]) in out
+
+
+def test_zero_stages_shard_more_and_offload_moves_states_off_the_gpu():
+    model = load_model_config("meta-llama/Llama-2-7b-hf")[0]
+    gpu = {}
+    for stage in (0, 1, 2, 3):
+        cfg = shipped("7b", (f"deepspeed.zero_stage={stage}", "deepspeed.offload_optimizer=none",
+                             "deepspeed.offload_params=none"))
+        gpu[stage] = estimate(model, cfg, 24)["gpu_model_states_gb"]
+    assert gpu[0] > gpu[1] > gpu[2] > gpu[3]
+    # Stage 0 keeps 2 + 2 + 4 + 12 bytes per parameter on every GPU.
+    assert gpu[0] == pytest.approx(20 * 6_738_415_616 / GB, rel=1e-6)
+    offloaded = estimate(model, shipped("7b"), 24)
+    assert offloaded["gpu_model_states_gb"] < 1
+    assert offloaded["offloaded_per_gpu_gb"]["cpu"] == pytest.approx(20 * 6_738_415_616 / 16 / GB, rel=1e-6)
+
+
+def test_activations_follow_the_korthikanti_method():
+    arch = architecture(fixture_config("llama-2-7b"))
+    s, b, h, a = 512, 1, 4096, 32
+    without = activation_bytes(arch, b, s, checkpointing=False)
+    with_ckpt = activation_bytes(arch, b, s, checkpointing=True)
+    assert with_ckpt < without / 4
+    assert activation_bytes(arch, 2 * b, s, checkpointing=False) == pytest.approx(2 * without, rel=1e-6)
+    assert activation_bytes(arch, b, s, checkpointing=False, attn_implementation="eager") > without
+    head = 6 * s * b * h + 12 * s * b * 32000
+    gpt_layers = 32 * s * b * h * (34 + 5 * a * s / h)  # Korthikanti et al. 2022, GPT layer
+    assert 0.6 < (without - head) / gpt_layers < 1.4
+    assert activation_bytes(arch, b, s, checkpointing=False, bytes_per_value=4) == pytest.approx(2 * without, rel=1e-6)
+
+
+def test_cli_json_output_with_a_local_model_folder():
+    result = CliRunner().invoke(main, [
+        "plan", str(ROOT / "configs" / "viggo" / "tiny-cpu.yaml"), f"model.name_or_path={FIXTURES / 'smollm2-135m'}",
+        "--json", "--gpu-memory-gb", "16"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["model"]["parameters"] == pytest.approx(134.5e6, rel=0.01)
+    assert report["setup"]["dtype"] == "float32" and report["gpu_memory_gb"] == 16
+    assert report["fits"]
+
+
+def test_cli_reports_an_unreadable_model_as_a_user_error():
+    result = CliRunner().invoke(main, [
+        "plan", str(ROOT / "configs" / "viggo" / "tiny-cpu.yaml"), "model.name_or_path=no-such-folder/nested/model"])
+    assert result.exit_code == 2
+    assert "local folder" in result.output
