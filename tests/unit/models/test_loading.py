@@ -1,8 +1,6 @@
-"""Tests for llmft.models: tokenizers, task tokens, mean init, the tiny Llama and error messages.
-
-The tiny model is built once per module (about a second); GGUF import and ZeRO-3 loading are in
-tests/e2e/test_models_e2e.py.
-"""
+"""Loading the model to train: embeddings grown for the task's tokens with the new rows at the mean,
+a model that already has them kept as it is, and clear errors for a missing or unloadable model.
+(ZeRO-3 partitioned loading runs in tests/e2e/test_models_e2e.py.)"""
 
 from __future__ import annotations
 
@@ -17,22 +15,11 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-from llmft.config import Config
 from llmft.errors import LlmftError
 from llmft.models.loading import init_new_embeddings_to_mean, load_model
 from llmft.models.tokenizer import add_task_tokens, load_tokenizer
 from llmft.tasks import get_task
-
-MARKER_TASKS = ("viggo", "sql", "gsm8k")
-
-
-def make_config(name_or_path: str | Path, task: str = "viggo", **model: object) -> Config:
-    return Config.model_validate({
-        "model": {"name_or_path": str(name_or_path), **model},
-        "data": {"task": task, "train": f"sample:{task}@train"},
-        "scaling": {"num_workers": 1}, "training": {"global_batch_size": 1},
-        "source": "configs/test.yaml",
-    })
+from tests.support import model_config
 
 
 def _checkpointing(model: torch.nn.Module) -> bool:
@@ -65,12 +52,12 @@ def test_new_embedding_rows_start_at_the_mean(tied: bool) -> None:
         assert not torch.allclose(new_in[100:], new_out[100:])
 
 
-def test_load_model_resizes_and_mean_initialises(tiny_dir: Path) -> None:
-    cfg = make_config(tiny_dir, "sql", attn_implementation="eager", gradient_checkpointing=True)
+def test_load_model_resizes_and_mean_initialises(tiny_model_dir: Path) -> None:
+    cfg = model_config(tiny_model_dir, "sql", attn_implementation="eager", gradient_checkpointing=True)
     tokenizer = load_tokenizer(cfg)
     added = add_task_tokens(tokenizer, get_task("sql"))
     model = load_model(cfg, tokenizer)
-    reference = load_file(tiny_dir / "model.safetensors")
+    reference = load_file(tiny_model_dir / "model.safetensors")
     embed = model.get_input_embeddings().weight.detach()
     head = model.get_output_embeddings().weight.detach()
     assert embed.shape[0] == head.shape[0] == len(tokenizer) == 2048 + added
@@ -88,9 +75,9 @@ def test_load_model_resizes_and_mean_initialises(tiny_dir: Path) -> None:
     assert model.get_input_embeddings().weight.grad[2048:].abs().sum() > 0
 
 
-def test_load_model_keeps_a_model_that_already_has_the_tokens(tiny_dir: Path, tmp_path: Path) -> None:
+def test_load_model_keeps_a_model_that_already_has_the_tokens(tiny_model_dir: Path, tmp_path: Path) -> None:
     # An exported fine-tuned model already has the task rows: they must not be reset to the mean.
-    cfg = make_config(tiny_dir, "viggo", gradient_checkpointing=False)
+    cfg = model_config(tiny_model_dir, "viggo", gradient_checkpointing=False)
     tokenizer = load_tokenizer(cfg)
     add_task_tokens(tokenizer, get_task("viggo"))
     model = load_model(cfg, tokenizer)
@@ -98,7 +85,7 @@ def test_load_model_keeps_a_model_that_already_has_the_tokens(tiny_dir: Path, tm
         model.get_input_embeddings().weight[-1] = 7.0
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    cfg2 = make_config(tmp_path, "viggo", gradient_checkpointing=False)
+    cfg2 = model_config(tmp_path, "viggo", gradient_checkpointing=False)
     tokenizer2 = load_tokenizer(cfg2)
     assert add_task_tokens(tokenizer2, get_task("viggo")) == 0
     model2 = load_model(cfg2, tokenizer2)
@@ -108,7 +95,7 @@ def test_load_model_keeps_a_model_that_already_has_the_tokens(tiny_dir: Path, tm
 
 def test_missing_tiny_model_says_how_to_make_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    cfg = make_config(".cache/tiny-llama")
+    cfg = model_config(".cache/tiny-llama")
     with pytest.raises(LlmftError) as error:
         load_tokenizer(cfg)
     message = str(error.value)
@@ -119,16 +106,16 @@ def test_missing_tiny_model_says_how_to_make_it(tmp_path: Path, monkeypatch: pyt
         load_model(cfg, None)  # type: ignore[arg-type]
 
 
-def test_folder_without_weights_is_a_clear_error(tiny_dir: Path, tmp_path: Path) -> None:
+def test_folder_without_weights_is_a_clear_error(tiny_model_dir: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()
-    (broken / "config.json").write_text((tiny_dir / "config.json").read_text())
-    cfg = make_config(broken)
+    (broken / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    cfg = model_config(broken)
     with pytest.raises(LlmftError, match=r"model\.name_or_path .*lacks weights"):
-        load_model(cfg, AutoTokenizer.from_pretrained(tiny_dir))
+        load_model(cfg, AutoTokenizer.from_pretrained(tiny_model_dir))
     (broken / "config.json").unlink()
     with pytest.raises(LlmftError, match=r"lacks config\.json and weights"):
-        load_model(cfg, AutoTokenizer.from_pretrained(tiny_dir))
+        load_model(cfg, AutoTokenizer.from_pretrained(tiny_model_dir))
     with pytest.raises(LlmftError, match=r"model\.name_or_path .*could not load the tokenizer"):
         load_tokenizer(cfg)
 
@@ -138,7 +125,7 @@ def test_unreachable_hub_id_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) ->
 
     # Offline mode fails at once instead of retrying for a minute; the message is the same.
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    cfg = make_config("meta-llama/Llama-2-7b-hf")
+    cfg = model_config("meta-llama/Llama-2-7b-hf")
     with pytest.raises(LlmftError) as error:
         load_tokenizer(cfg)
     message = str(error.value)

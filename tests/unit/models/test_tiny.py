@@ -1,8 +1,5 @@
-"""Tests for llmft.models: tokenizers, task tokens, mean init, the tiny Llama and error messages.
-
-The tiny model is built once per module (about a second); GGUF import and ZeRO-3 loading are in
-tests/e2e/test_models_e2e.py.
-"""
+"""`llmft models make-tiny`: deterministic, replaces its folder, reloads with the Auto classes, and
+its tokenizer covers the sample data."""
 
 from __future__ import annotations
 
@@ -23,13 +20,13 @@ from llmft.models.tiny import make_tiny_llama
 MARKER_TASKS = ("viggo", "sql", "gsm8k")
 
 
-def test_make_tiny_llama_is_deterministic(tiny_dir: Path, tmp_path: Path) -> None:
+def test_make_tiny_llama_is_deterministic(tiny_model_dir: Path, tmp_path: Path) -> None:
     again = make_tiny_llama(tmp_path / "again")
     other_seed = make_tiny_llama(tmp_path / "seed1", seed=1)
-    first, second = load_file(tiny_dir / "model.safetensors"), load_file(again / "model.safetensors")
+    first, second = load_file(tiny_model_dir / "model.safetensors"), load_file(again / "model.safetensors")
     assert first.keys() == second.keys()
     assert all(torch.equal(first[name], second[name]) for name in first)
-    assert (tiny_dir / "tokenizer.json").read_bytes() == (again / "tokenizer.json").read_bytes()
+    assert (tiny_model_dir / "tokenizer.json").read_bytes() == (again / "tokenizer.json").read_bytes()
     third = load_file(other_seed / "model.safetensors")
     assert not torch.equal(first["model.embed_tokens.weight"], third["model.embed_tokens.weight"])
     assert not list(tmp_path.glob(".*tmp*")), "temporary folders must not be left behind"
@@ -45,9 +42,9 @@ def test_make_tiny_llama_replaces_an_existing_folder(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]
 
 
-def test_tiny_llama_reloads_with_auto_classes(tiny_dir: Path) -> None:
-    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+def test_tiny_llama_reloads_with_auto_classes(tiny_model_dir: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert isinstance(model, LlamaForCausalLM)
     assert model.config.vocab_size == len(tokenizer) == 2048
     assert not model.config.tie_word_embeddings  # as Llama-2
@@ -60,8 +57,8 @@ def test_tiny_llama_reloads_with_auto_classes(tiny_dir: Path) -> None:
     assert logits.shape == (1, len(ids), 2048) and torch.isfinite(logits).all()
 
 
-def test_tiny_tokenizer_covers_digits_sql_and_the_samples(tiny_dir: Path) -> None:
-    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+def test_tiny_tokenizer_covers_digits_sql_and_the_samples(tiny_model_dir: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     # Digits are single pieces, as in Llama-2 (arithmetic answers tokenize digit by digit).
     assert tokenizer.tokenize("1234567890")[1:] == list("1234567890")
     for keyword in ("SELECT", "FROM", "WHERE", "COUNT", "CREATE", "TABLE"):

@@ -1,8 +1,5 @@
-"""Tests for llmft.models: tokenizers, task tokens, mean init, the tiny Llama and error messages.
-
-The tiny model is built once per module (about a second); GGUF import and ZeRO-3 loading are in
-tests/e2e/test_models_e2e.py.
-"""
+"""The run's tokenizer: task tokens added as single special tokens, text after them tokenized as
+bare text, and the pad-token policy."""
 
 from __future__ import annotations
 
@@ -13,26 +10,17 @@ from transformers import (
     AutoTokenizer,
 )
 
-from llmft.config import Config
 from llmft.errors import LlmftError
 from llmft.models.tokenizer import add_task_tokens, load_tokenizer
 from llmft.tasks import get_task
+from tests.support import model_config
 
 MARKER_TASKS = ("viggo", "sql", "gsm8k")
 
 
-def make_config(name_or_path: str | Path, task: str = "viggo", **model: object) -> Config:
-    return Config.model_validate({
-        "model": {"name_or_path": str(name_or_path), **model},
-        "data": {"task": task, "train": f"sample:{task}@train"},
-        "scaling": {"num_workers": 1}, "training": {"global_batch_size": 1},
-        "source": "configs/test.yaml",
-    })
-
-
 @pytest.mark.parametrize("task_name", MARKER_TASKS)
-def test_task_tokens_are_added_as_single_special_tokens(tiny_dir: Path, task_name: str) -> None:
-    cfg = make_config(tiny_dir, task_name)
+def test_task_tokens_are_added_as_single_special_tokens(tiny_model_dir: Path, task_name: str) -> None:
+    cfg = model_config(tiny_model_dir, task_name)
     tokenizer = load_tokenizer(cfg)
     task = get_task(task_name)
     before = len(tokenizer)
@@ -48,10 +36,10 @@ def test_task_tokens_are_added_as_single_special_tokens(tiny_dir: Path, task_nam
     assert add_task_tokens(tokenizer, task) == 0  # idempotent
 
 
-def test_text_after_a_task_token_tokenizes_as_bare_text(tiny_dir: Path, tmp_path: Path) -> None:
+def test_text_after_a_task_token_tokenizes_as_bare_text(tiny_model_dir: Path, tmp_path: Path) -> None:
     # The Llama-2 "legacy" behaviour: `<START_Q>word` must give `word` the same tokens as bare
     # `word`, also after the tokenizer (with its added tokens) is saved and reloaded.
-    tokenizer = load_tokenizer(make_config(tiny_dir, "gsm8k"))
+    tokenizer = load_tokenizer(model_config(tiny_model_dir, "gsm8k"))
     add_task_tokens(tokenizer, get_task("gsm8k"))
     tokenizer.save_pretrained(tmp_path)
     for tok in (tokenizer, AutoTokenizer.from_pretrained(tmp_path)):
@@ -61,8 +49,8 @@ def test_text_after_a_task_token_tokenizes_as_bare_text(tiny_dir: Path, tmp_path
             assert marked == [tok.convert_tokens_to_ids("<START_Q>"), *bare], word
 
 
-def test_pad_token_reuses_unk_without_growing_the_vocabulary(tiny_dir: Path) -> None:
-    tokenizer = load_tokenizer(make_config(tiny_dir))
+def test_pad_token_reuses_unk_without_growing_the_vocabulary(tiny_model_dir: Path) -> None:
+    tokenizer = load_tokenizer(model_config(tiny_model_dir))
     assert tokenizer.pad_token is None  # as Llama-2
     added = add_task_tokens(tokenizer, get_task("prompt_completion"))
     assert added == 0 and len(tokenizer) == 2048
@@ -72,21 +60,21 @@ def test_pad_token_reuses_unk_without_growing_the_vocabulary(tiny_dir: Path) -> 
     assert batch["input_ids"][0].count(tokenizer.pad_token_id) > 0
 
 
-def test_pad_token_falls_back_to_eos_without_unk(tiny_dir: Path) -> None:
-    tokenizer = load_tokenizer(make_config(tiny_dir))
+def test_pad_token_falls_back_to_eos_without_unk(tiny_model_dir: Path) -> None:
+    tokenizer = load_tokenizer(model_config(tiny_model_dir))
     tokenizer.unk_token = None
     add_task_tokens(tokenizer, get_task("viggo"))
     assert tokenizer.pad_token == "</s>"
 
 
-def test_existing_pad_token_is_kept(tiny_dir: Path) -> None:
-    tokenizer = load_tokenizer(make_config(tiny_dir))
+def test_existing_pad_token_is_kept(tiny_model_dir: Path) -> None:
+    tokenizer = load_tokenizer(model_config(tiny_model_dir))
     tokenizer.pad_token = "<s>"
     add_task_tokens(tokenizer, get_task("viggo"))
     assert tokenizer.pad_token == "<s>"
 
 
-def test_missing_tokenizer_names_its_own_key(tiny_dir: Path, tmp_path: Path) -> None:
-    cfg = make_config(tiny_dir, tokenizer=str(tmp_path / "no-such-tokenizer"))
+def test_missing_tokenizer_names_its_own_key(tiny_model_dir: Path, tmp_path: Path) -> None:
+    cfg = model_config(tiny_model_dir, tokenizer=str(tmp_path / "no-such-tokenizer"))
     with pytest.raises(LlmftError, match=r"model\.tokenizer = .*no-such-tokenizer.*no such folder"):
         load_tokenizer(cfg)

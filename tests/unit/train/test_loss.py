@@ -4,26 +4,26 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
-from llmft.data.batching import collate, pack_examples, trained_tokens, worker_micro_batches
+from llmft.data.batching import (
+    collate,
+    pack_examples,
+    trained_tokens,
+    worker_micro_batches,
+)
 from llmft.train.loss import forward_loss, loss_scale, next_token_loss
-from tests.unit.data.test_batching import make_columns
+from tests.support.batches import random_examples, tiny_llama
 
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-    config._attn_implementation = "sdpa"
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama()
 
 
 def test_forward_loss_is_the_next_token_loss_of_the_collated_rows(tiny_model):
-    data = make_columns(6, seed=1)
+    data = random_examples(6, seed=1)
     rows = [[0, 1], [2], [3, 4, 5]]
     loss, stats = forward_loss(tiny_model, data, rows, pad_id=0, block_mask=True, device=CPU)
     batch = collate(data, rows, pad_id=0, block_mask=True)
@@ -38,7 +38,7 @@ def test_forward_loss_is_the_next_token_loss_of_the_collated_rows(tiny_model):
 def test_packed_rows_give_the_loss_of_the_examples_alone(tiny_model):
     # Fails if packed examples attend to each other (forward_loss passing neither the block mask
     # nor the restarting positions; either alone keeps them apart, RoPE being relative).
-    data = make_columns(10, seed=3)
+    data = random_examples(10, seed=3)
     packed = pack_examples(data.lengths, 40)
     assert any(len(row) > 1 for row in packed)
     with torch.no_grad():
@@ -51,11 +51,8 @@ def test_packed_rows_give_the_loss_of_the_examples_alone(tiny_model):
 def test_scaled_sums_averaged_over_workers_give_the_global_per_token_mean():
     """What DeepSpeed computes from llmft's scaled losses (sum of micro-batch gradients per worker,
     then the mean over workers) equals the gradient of the mean loss over the global batch."""
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
-    model = LlamaForCausalLM(config)
-    data = make_columns(8, seed=7)
+    model = tiny_llama(hidden_size=16, layers=1).train()
+    data = random_examples(8, seed=7)
     batch = [[i] for i in range(8)]  # one global batch of 8 rows with uneven trained tokens
 
     def grads() -> list[torch.Tensor]:
