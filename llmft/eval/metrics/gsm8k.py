@@ -1,13 +1,17 @@
 """GSM8k metrics: the final numeric answer.
 
-The answer is the number after the last `####` marker (the format fine-tuned models learn from
-the dataset). Models that were not fine-tuned rarely write the marker, so without one the last
-number in the text is taken, as the case study did for its baselines. Numbers may carry a sign,
-thousands separators, decimals, a currency sign or a percent sign (`#### -$1,234.50`), which are
-all dropped before comparing numerically.
+Scored both ways, as lm-evaluation-harness does:
+- `strict_accuracy`: the number right after the last `####` marker (the format fine-tuned models
+  learn from the dataset), with no fallback. The fair figure for a model that learned the format.
+- `accuracy` (flexible): the first number after the last `####`; without a marker (or with no
+  number after it) the last number in the text, as the case study did for its baselines, which
+  rarely write the marker.
+Numbers may carry a sign, thousands separators, decimals, a currency sign or a percent sign
+(`#### -$1,234.50`), which are all dropped before comparing numerically.
 
-Per example: `accuracy` (numeric equality, exact for decimals), `has_marker` (the output contains
-`####`), `no_number` (no number could be found; counted, not averaged).
+Per example: `accuracy` and `strict_accuracy` (numeric equality, exact for decimals),
+`has_marker` (the output contains `####`), `no_number` (no number could be found even with the
+fallback; counted, not averaged).
 """
 
 from __future__ import annotations
@@ -31,11 +35,18 @@ def _to_decimal(match: re.Match) -> Decimal | None:
         return None
 
 
+def extract_strict(text: str) -> Decimal | None:
+    """The number right after the last `####` (spaces allowed), else None."""
+    if MARKER not in text:
+        return None
+    first = NUMBER_RE.match(text.rsplit(MARKER, 1)[1].lstrip())
+    return None if first is None else _to_decimal(first)
+
+
 def extract_answer(text: str) -> Decimal | None:
-    """The number after the last `####`, else the last number in the text, else None."""
+    """The first number after the last `####`, else the last number in the text, else None."""
     if MARKER in text:
-        after = text.rsplit(MARKER, 1)[1]
-        first = NUMBER_RE.search(after)
+        first = NUMBER_RE.search(text.rsplit(MARKER, 1)[1])
         if first is not None:
             return _to_decimal(first)
     matches = list(NUMBER_RE.finditer(text))
@@ -43,11 +54,13 @@ def extract_answer(text: str) -> Decimal | None:
 
 
 def score_example(prediction: str, reference: str, context: str | None = None) -> dict:
-    """`accuracy` and the format flags for one example."""
+    """`accuracy`, `strict_accuracy` and the format flags for one example."""
     predicted, expected = extract_answer(prediction), extract_answer(reference)
     correct = predicted is not None and expected is not None and predicted == expected
+    strict = extract_strict(prediction)
     return {
         "accuracy": correct,
+        "strict_accuracy": strict is not None and expected is not None and strict == expected,
         "has_marker": MARKER in prediction,
         "no_number": predicted is None,
         "predicted_answer": None if predicted is None else _plain(predicted),
@@ -65,6 +78,7 @@ def score_examples(predictions: list[str], references: list[str],
     count = len(examples)
     metrics = {
         "accuracy": sum(e["accuracy"] for e in examples) / count if count else 0.0,
+        "strict_accuracy": sum(e["strict_accuracy"] for e in examples) / count if count else 0.0,
         "marker_rate": sum(e["has_marker"] for e in examples) / count if count else 0.0,
         "no_number": sum(e["no_number"] for e in examples),
         "num_examples": count,
