@@ -1,8 +1,16 @@
-"""Atomic writes: a reader sees the old file or folder, or the new one, never half of one."""
+"""Atomic writes: a reader sees the old file or folder, or the new one, never half of one; and what
+is written gets the modes a plain open()/mkdir() would give under the umask."""
 
 from __future__ import annotations
 
+import os
+import stat
+import tempfile
+from pathlib import Path
+
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from llmft.files import atomic_folder, write_atomic, write_text_atomic
 
@@ -43,3 +51,48 @@ def test_folder_is_replaced_whole_or_not_at_all(tmp_path):
         (tmp / "new.txt").write_text("new")
     assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+@pytest.fixture(params=[0o022, 0o077], ids=["umask022", "umask077"])
+def umask(request):
+    old = os.umask(request.param)
+    yield request.param
+    os.umask(old)
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_written_files_get_the_mode_a_plain_open_gives_under_the_umask(tmp_path, umask):
+    """Atomic writes go through an owner-only temp file; the result must not stay 0600 under umask 022
+    (a teammate could not read it), nor be wider than the umask allows under 077."""
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert mode(plain) == 0o666 & ~umask  # what the user expects, as open() gives it
+    write_text_atomic(tmp_path / "results.json", "{}")
+
+    def narrow_writer(tmp: str) -> None:  # a library that sets its own mode
+        Path(tmp).write_text("x")
+        os.chmod(tmp, 0o640)
+
+    write_atomic(tmp_path / "cache.parquet", narrow_writer)
+    assert mode(tmp_path / "results.json") == mode(tmp_path / "cache.parquet") == mode(plain)
+
+
+def test_a_written_folder_gets_the_modes_a_plain_mkdir_and_open_give(tmp_path, umask):
+    """Libraries write 0600 files (safetensors) or 0700 folders (mkdtemp) into an export folder."""
+    with atomic_folder(tmp_path / "model") as tmp:
+        save_file({"w": torch.zeros(2)}, str(tmp / "model.safetensors"))
+        sub = Path(tempfile.mkdtemp(dir=tmp))
+        handle, name = tempfile.mkstemp(dir=sub)
+        os.close(handle)
+        (tmp / "wide.json").write_text("{}")
+        os.chmod(tmp / "wide.json", 0o666)
+    out = tmp_path / "model"
+    assert mode(out) == 0o777 & ~umask
+    files = [p for p in out.rglob("*") if p.is_file()]
+    folders = [p for p in out.rglob("*") if p.is_dir()]
+    assert len(files) == 3 and len(folders) == 1
+    assert {mode(p) for p in files} == {0o666 & ~umask}
+    assert {mode(p) for p in folders} == {0o777 & ~umask}
