@@ -7,6 +7,7 @@ counts follow from the architecture, so `llmft plan` needs no table of model nam
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -67,50 +68,77 @@ def load_model_config(name_or_path: str, trust_remote_code: bool = False) -> tup
 
 
 def architecture(model_config: dict[str, Any]) -> dict[str, Any]:
-    """The numbers the estimate needs, from a Llama-style config.json."""
+    """The numbers the planner needs, from a causal LM's config.json (any family transformers ships).
+
+    Sizes come from the language model's config (a multimodal checkpoint's `text_config`); the
+    parameter counts from the model itself, built by transformers on PyTorch's meta device
+    (shapes only, no memory), so each family's own layout counts: Qwen2's attention biases,
+    Gemma's extra norms, Phi-3's fused projections, tied embeddings once.
+    """
+    text = model_config.get("text_config") or model_config
     missing = [key for key in ("hidden_size", "num_hidden_layers", "num_attention_heads",
-                               "intermediate_size", "vocab_size") if not model_config.get(key)]
+                               "intermediate_size", "vocab_size") if not text.get(key)]
     if missing:
-        raise LlmftError(f"The model's config.json lacks {', '.join(missing)}: `llmft plan` handles "
-                         "Llama-architecture (decoder-only, SwiGLU MLP) configs only.")
-    hidden = int(model_config["hidden_size"])
-    heads = int(model_config["num_attention_heads"])
+        raise LlmftError(f"The model's config.json lacks {', '.join(missing)}: `llmft plan` handles decoder-only "
+                         "language models whose config names these sizes.")
+    hidden = int(text["hidden_size"])
+    heads = int(text["num_attention_heads"])
+    total, largest = _parameter_counts(json.dumps(model_config, sort_keys=True))
     return {
+        "model_type": text.get("model_type") or model_config.get("model_type"),
         "hidden_size": hidden,
-        "num_layers": int(model_config["num_hidden_layers"]),
+        "num_layers": int(text["num_hidden_layers"]),
         "num_heads": heads,
-        "num_kv_heads": int(model_config.get("num_key_value_heads") or heads),
-        "head_dim": int(model_config.get("head_dim") or hidden // heads),
-        "intermediate_size": int(model_config["intermediate_size"]),
-        "vocab_size": int(model_config["vocab_size"]),
-        "tied_embeddings": bool(model_config.get("tie_word_embeddings", False)),
-        "attention_bias": bool(model_config.get("attention_bias", False)),
-        "mlp_bias": bool(model_config.get("mlp_bias", False)),
+        "num_kv_heads": int(text.get("num_key_value_heads") or heads),
+        "head_dim": int(text.get("head_dim") or hidden // heads),
+        "intermediate_size": int(text["intermediate_size"]),
+        "vocab_size": int(text["vocab_size"]),
+        "tied_embeddings": bool(model_config.get("tie_word_embeddings", text.get("tie_word_embeddings", False))),
+        "sliding_window": text.get("sliding_window"),
+        "parameters": total,
+        "largest_module_parameters": largest,
     }
 
 
-def _layer_parameters(arch: dict[str, Any]) -> dict[str, int]:
-    h, i, d = arch["hidden_size"], arch["intermediate_size"], arch["head_dim"]
-    q_width, kv_width = arch["num_heads"] * d, arch["num_kv_heads"] * d
-    attention = h * q_width + 2 * h * kv_width + q_width * h
-    if arch["attention_bias"]:
-        attention += q_width + 2 * kv_width + h
-    mlp = 3 * h * i + ((2 * i + h) if arch["mlp_bias"] else 0)
-    return {"attention": attention, "mlp": mlp, "norms": 2 * h, "largest_module": max(h * i, h * q_width)}
-
-
 def count_parameters(arch: dict[str, Any]) -> int:
-    """Total parameters: embeddings, layers (attention with GQA, MLP, 2 RMSNorms), final norm, lm_head."""
-    layer = _layer_parameters(arch)
-    embeddings = arch["vocab_size"] * arch["hidden_size"]
-    lm_head = 0 if arch["tied_embeddings"] else embeddings
-    per_layer = layer["attention"] + layer["mlp"] + layer["norms"]
-    return embeddings + arch["num_layers"] * per_layer + arch["hidden_size"] + lm_head
+    """Total parameters (tied embeddings counted once), as `architecture` counted them."""
+    return arch["parameters"]
 
 
 def largest_layer_parameters(arch: dict[str, Any]) -> int:
     """Parameters of the largest single module, as DeepSpeed's `model_to_params` counts them."""
-    return max(arch["vocab_size"] * arch["hidden_size"], _layer_parameters(arch)["largest_module"])
+    return arch["largest_module_parameters"]
+
+
+@functools.lru_cache(maxsize=32)
+def _parameter_counts(config_json: str) -> tuple[int, int]:
+    """(total, largest module) of the model `AutoModelForCausalLM` builds from this config, on the meta device."""
+    import torch
+    from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    values = json.loads(config_json)
+    model_type = values.pop("model_type", None)
+    if model_type not in CONFIG_MAPPING:
+        raise LlmftError(f"The model's config.json has model_type {model_type!r}, which is not one transformers "
+                         "ships: `llmft plan` counts parameters by building the model from transformers' own "
+                         "classes (shapes only). Use a config.json of a transformers architecture.")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the config's token ids may lie outside a planning-only vocabulary
+    try:
+        config = AutoConfig.for_model(model_type, **values)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except (ValueError, KeyError, TypeError, AssertionError) as exc:
+        raise LlmftError(f"transformers cannot build a {model_type} model from this config.json "
+                         f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}). Check the file.") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    # DeepSpeed's `model_to_params` dedups shared (tied) weights by data pointer; meta tensors have
+    # none, so by identity here.
+    total = sum({id(p): p.numel() for p in model.parameters()}.values())
+    largest = max(sum(p.numel() for p in module.parameters(recurse=False)) for module in model.modules())
+    return total, largest
 
 
 def local_hidden_size(name_or_path: str) -> int | None:

@@ -1,5 +1,9 @@
-"""A model's architecture from config.json: parameter counts against the published models, and the
-shipped Llama-2 configs."""
+"""A model's architecture from config.json: parameter counts of every family against the published
+checkpoints, and the shipped Llama-2 configs.
+
+What these catch: a count that assumes Llama's layout (it would miss Qwen2's attention biases,
+Gemma's four norms per layer, Qwen3's and Gemma-3's q/k norms, or count tied embeddings twice),
+which would make `llmft plan` misjudge memory for those families."""
 
 from __future__ import annotations
 
@@ -28,12 +32,25 @@ def test_parameter_counts_match_the_published_models(name, expected):
     assert count_parameters(architecture(fixture_model_config(name))) == pytest.approx(expected, rel=0.01)
 
 
-def test_parameter_count_is_exact_for_llama_2_7b_and_counts_tied_embeddings_once():
-    arch = architecture(fixture_model_config("llama-2-7b"))
-    assert count_parameters(arch) == 6_738_415_616  # the Llama-2-7b-hf checkpoint's count
-    smol = architecture(fixture_model_config("smollm2-135m"))
-    untied = count_parameters({**smol, "tied_embeddings": False})
-    assert untied - count_parameters(smol) == 49152 * 576
+# The parameter counts of the released checkpoints (their safetensors), config.json in tests/fixtures.
+@pytest.mark.parametrize("name, expected", [
+    ("llama-2-7b", 6_738_415_616), ("mistral-7b", 7_241_732_096), ("qwen2.5-0.5b", 494_032_768),
+    ("qwen3-8b", 8_190_735_360), ("gemma-2-9b", 9_241_705_984), ("gemma-3-1b", 999_885_952),
+    ("phi-3-mini-4k", 3_821_079_552),
+])
+def test_parameter_count_is_exact_for_every_family(name, expected):
+    assert count_parameters(architecture(fixture_model_config(name))) == expected
+
+
+def test_tied_embeddings_count_once():
+    smol = fixture_model_config("smollm2-135m")
+    untied = count_parameters(architecture({**smol, "tie_word_embeddings": False}))
+    assert untied - count_parameters(architecture(smol)) == 49152 * 576
+
+
+def test_a_model_type_transformers_does_not_ship_is_a_user_error():
+    with pytest.raises(LlmftError, match="not one transformers ships"):
+        architecture({**fixture_model_config("mistral-7b"), "model_type": "my-remote-arch"})
 
 
 def test_largest_layer_is_the_embedding_for_llama_2():
