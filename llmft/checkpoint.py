@@ -16,6 +16,7 @@ leaves the previous checkpoint as the latest; `restore` also refuses a folder wi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from llmft import storage
 from llmft.config import Config
 from llmft.errors import LlmftError
 from llmft.files import write_text_atomic
@@ -86,7 +88,7 @@ def restore(engine, checkpoint, cfg: Config, *, world_size: int, rank: int) -> P
 def newest(ray_checkpoint, resume_path: str | None):
     """The checkpoint to start from: Ray's (after a restart, or the run's latest on `--resume
     latest`) or the one named by `--resume`, whichever is further along. Ray's can be older than
-    the newest complete one on disk: it only records a checkpoint once every upload returned."""
+    the newest complete one in storage: it only records a checkpoint once every upload returned."""
     import ray.train
 
     if not resume_path:
@@ -94,40 +96,59 @@ def newest(ray_checkpoint, resume_path: str | None):
     explicit = ray.train.Checkpoint(resume_path)
     if ray_checkpoint is None:
         return explicit
-    with ray_checkpoint.as_directory() as folder:
-        ray_step = read_state(folder)["position"]["global_step"]
+    ray_step = checkpoint_state(ray_checkpoint)["position"]["global_step"]
     return explicit if read_state(resume_path)["position"]["global_step"] > ray_step else ray_checkpoint
 
 
 def read_state(folder: str | os.PathLike) -> dict[str, Any]:
-    path = Path(folder) / STATE_FILE
-    if not Path(folder).is_dir():
-        raise LlmftError(f"Checkpoint {folder} does not exist. Give a checkpoint folder, "
-                         "e.g. outputs/<run>/checkpoint_<time>/ (`ls outputs/<run>` lists them).")
-    if not path.is_file():
-        raise LlmftError(f"{folder} is not a complete llmft checkpoint: {STATE_FILE} is missing "
-                         "(it is written last, so the save was interrupted or this is another folder).")
+    """The state file of a complete checkpoint (a local folder or a storage URI); LlmftError otherwise."""
+    fs, path = storage.resolve(folder)
+    return _read_state(fs, path, storage.shown(str(folder)))
+
+
+def checkpoint_state(checkpoint) -> dict[str, Any]:
+    """`read_state` of a Ray Checkpoint, read where it lies (nothing else is downloaded)."""
+    return _read_state(checkpoint.filesystem, checkpoint.path, checkpoint.path)
+
+
+def _read_state(fs, path: str, shown: str) -> dict[str, Any]:
+    import pyarrow.fs as pafs
+
     try:
-        state = json.loads(path.read_text())
+        found = fs.get_file_info(path).type == pafs.FileType.Directory
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True)) if found else []
+    except OSError as exc:
+        raise LlmftError(f"Checkpoint {shown} cannot be read: {exc}") from None
+    files = {info.path[len(path.rstrip("/")) + 1:] for info in infos if info.type == pafs.FileType.File}
+    if not found:
+        raise LlmftError(f"Checkpoint {shown} does not exist. Give a checkpoint folder, "
+                         "e.g. outputs/<run>/checkpoint_<time>/ (`ls outputs/<run>` lists them).")
+    if STATE_FILE not in files:
+        raise LlmftError(f"{shown} is not a complete llmft checkpoint: {STATE_FILE} is missing "
+                         "(it is written last, so the save was interrupted or this is another folder).")
+    with fs.open_input_stream(f"{path.rstrip('/')}/{STATE_FILE}") as stream:
+        text = stream.read().decode("utf-8")
+    try:
+        state = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise LlmftError(f"{path} is corrupt (invalid JSON at line {exc.lineno}); use an earlier checkpoint.") from None
-    missing = missing_rank_files(Path(folder), state)
+        raise LlmftError(f"{shown}/{STATE_FILE} is corrupt (invalid JSON at line {exc.lineno}); use an earlier checkpoint.") from None
+    missing = [name for name in rank_files(state) if name not in files]
     if missing:
-        raise LlmftError(f"{folder} is not a complete llmft checkpoint: {', '.join(missing[:3])} missing (each "
+        raise LlmftError(f"{shown} is not a complete llmft checkpoint: {', '.join(missing[:3])} missing (each "
                          "worker uploads its own shards, and this save was interrupted). Use an earlier checkpoint.")
     return state
 
 
-def missing_rank_files(folder: Path, state: dict[str, Any]) -> list[str]:
+def rank_files(state: dict[str, Any]) -> list[str]:
     """Per-worker files a complete checkpoint has: Ray merges each worker's upload separately."""
     expected = [f"rng_rank{rank}.pt" for rank in range(state["world_size"])]
     if state["zero_stage"] >= 1:
         expected += [f"{DEEPSPEED_TAG}/zero_pp_rank_{rank}_mp_rank_00_optim_states.pt"
                      for rank in range(state["world_size"])]
-    return [name for name in expected if not (folder / name).is_file()]
+    return expected
 
 
-def is_complete(folder: Path) -> bool:
+def is_complete(folder: str | os.PathLike) -> bool:
     try:
         read_state(folder)
         return True
@@ -148,10 +169,13 @@ def check_compatible(state: dict[str, Any], cfg: Config, world_size: int, where:
                          "scaling.num_workers and deepspeed.zero_stage, or export the checkpoint and start a new run from it.")
 
 
-def find_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
-    folders = [p for p in Path(run_dir).glob("checkpoint_*") if is_complete(p)]
-    return sorted(folders, key=lambda p: read_state(p)["position"]["global_step"])
+def find_checkpoints(run_dir: str | os.PathLike) -> list[str]:
+    """Complete checkpoints of a run (a local folder or a storage URI), oldest first."""
+    steps = {}
+    for folder in storage.list_folders(str(run_dir), prefix="checkpoint_"):
+        with contextlib.suppress(LlmftError):
+            steps[folder] = read_state(folder)["position"]["global_step"]
+    return sorted(steps, key=steps.get)
 
 
 def _rng_states() -> dict[str, Any]:

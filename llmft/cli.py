@@ -98,23 +98,24 @@ def train(config, overrides, address, resume):
 
 
 @main.command()
-@click.argument("checkpoint", type=click.Path())
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the Hugging Face model.")
+@click.argument("checkpoint")
+@click.option("--out", required=True, help="Folder or storage URI (s3://bucket/prefix) for the Hugging Face model.")
 @_user_errors
 def export(checkpoint, out):
-    """Write CHECKPOINT as a consolidated Hugging Face model folder."""
+    """Write CHECKPOINT (a folder or a storage URI) as a consolidated Hugging Face model folder."""
     from llmft.export import export_checkpoint
+    from llmft.storage import shown
 
-    click.echo(f"exported {export_checkpoint(checkpoint, out)}")
+    click.echo(f"exported {shown(export_checkpoint(checkpoint, out))}")
 
 
 @main.command("eval")
 @_with_config
-@click.option("--model", "model_path", default=None, help="Model hub id or folder (default: the config's model).")
+@click.option("--model", "model_path", default=None, help="Model hub id, folder or storage URI (default: the config's model).")
 @click.option("--split", default="test", type=click.Choice(["train", "valid", "test"]), show_default=True)
 @click.option("--limit", default=None, type=int, help="Evaluate only the first N examples.")
 @click.option("--few-shot", default=0, type=int, show_default=True, help="Training examples shown in each prompt.")
-@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Results JSON (predictions go beside it).")
+@click.option("--out", default=None, help="Results JSON, a path or storage URI (predictions go beside it).")
 @click.option("--batch-size", default=16, show_default=True, help="Prompts generated together per replica.")
 @click.option("--address", default=None, help="Ray address (default: $RAY_ADDRESS, else embedded local Ray).")
 @_user_errors
@@ -128,13 +129,13 @@ def eval_(config, overrides, model_path, split, limit, few_shot, out, batch_size
 
 
 @main.command()
-@click.argument("results", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Markdown table file.")
-@click.option("--plot", default=None, type=click.Path(dir_okay=False), help="Grouped bar chart PNG.")
-@click.option("--side-by-side", default=None, type=click.Path(dir_okay=False), help="Per-example predictions of every model (markdown or .html).")
+@click.argument("results", nargs=-1, required=True)
+@click.option("--out", default=None, help="Markdown table file.")
+@click.option("--plot", default=None, help="Grouped bar chart PNG.")
+@click.option("--side-by-side", default=None, help="Per-example predictions of every model (markdown or .html).")
 @_user_errors
 def compare(results, out, plot, side_by_side):
-    """Compare eval RESULTS files: one row per model, one column per metric."""
+    """Compare eval RESULTS files: one row per model, one column per metric. Every path may be a storage URI."""
     from llmft.eval.compare import run_compare
 
     run_compare(list(results), out=out, plot=plot, side_by_side=side_by_side)

@@ -8,41 +8,47 @@ from pathlib import Path
 
 import torch
 
+from llmft import storage
 from llmft.checkpoint import DEEPSPEED_TAG, read_state
 from llmft.config import Config
 from llmft.errors import LlmftError
-from llmft.files import atomic_folder
+
+EXPORT_FILE = "llmft_export.json"  # written last: an export folder (or prefix in a bucket) without it is incomplete
 
 
-def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
+def export_checkpoint(checkpoint: str | os.PathLike, out: str) -> str:
     """Consolidate a checkpoint into a Hugging Face model folder (safetensors, config, tokenizer).
 
-    DeepSpeed merges the ZeRO shards on the CPU one output shard at a time, so neither a GPU nor
-    the host ever holds a second full copy of the model. Weights are written in the training dtype.
+    Both may be local folders or storage URIs. DeepSpeed merges the ZeRO shards on the CPU one
+    output shard at a time, so neither a GPU nor the host ever holds a second full copy of the
+    model. Weights are written in the training dtype.
     """
+    state = read_state(checkpoint)  # a broken checkpoint fails here, before anything is written
+    storage.check_reachable(str(out), "--out")
+    with storage.local_folder(str(checkpoint)) as folder, storage.output_folder(str(out), last=(EXPORT_FILE,)) as tmp:
+        _export(folder, state, tmp, storage.shown(str(checkpoint)))
+    return str(out)
+
+
+def _export(folder: Path, state: dict, out: Path, source: str) -> None:
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
     from llmft.tasks import get_task
     from llmft.train.deepspeed import training_dtype
 
-    folder = Path(checkpoint)
-    state = read_state(folder)
-    out = Path(out)
     dtype = getattr(torch, training_dtype(Config.model_validate(state["config"])))
-    with atomic_folder(out) as tmp:
-        config = AutoConfig.from_pretrained(folder / "model")
-        _write_weights(folder, tmp, dtype, tied=bool(getattr(config, "tie_word_embeddings", False)))
-        config.dtype = dtype
-        config.save_pretrained(tmp)
-        tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
-        tokenizer.save_pretrained(tmp)
-        stop_token = get_task(state["task"]).stop_token or tokenizer.eos_token
-        GenerationConfig(bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.convert_tokens_to_ids(stop_token), do_sample=False).save_pretrained(tmp)
-        (tmp / "llmft_export.json").write_text(json.dumps(
-            {"checkpoint": str(folder), "position": state["position"], "task": state["task"],
-             "stop_token": stop_token, "base_model": state["model"]}, indent=2))
-    return out
+    config = AutoConfig.from_pretrained(folder / "model")
+    _write_weights(folder, out, dtype, tied=bool(getattr(config, "tie_word_embeddings", False)))
+    config.dtype = dtype
+    config.save_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+    tokenizer.save_pretrained(out)
+    stop_token = get_task(state["task"]).stop_token or tokenizer.eos_token
+    GenerationConfig(bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
+                     eos_token_id=tokenizer.convert_tokens_to_ids(stop_token), do_sample=False).save_pretrained(out)
+    (out / EXPORT_FILE).write_text(json.dumps(
+        {"checkpoint": source, "position": state["position"], "task": state["task"],
+         "stop_token": stop_token, "base_model": state["model"]}, indent=2))
 
 
 def _write_weights(folder: Path, out: Path, dtype: torch.dtype, tied: bool) -> None:

@@ -1,21 +1,11 @@
-"""Paths a run reads and writes: local folders, or storage URIs that Ray Train accepts."""
+"""Paths in a config made absolute on the driver, before they travel to workers on other nodes."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from llmft.config import Config
-
-STORAGE_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "hdfs://")
-
-
-def is_uri(path: str) -> bool:
-    return path.startswith(STORAGE_SCHEMES)
-
-
-def join(base: str, name: str) -> str:
-    """`base/name` for a folder or a storage URI."""
-    return f"{base.rstrip('/')}/{name}" if is_uri(base) else str(Path(base) / name)
+from llmft.storage import is_uri
 
 
 def absolute_paths(cfg: Config) -> Config:

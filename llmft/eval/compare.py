@@ -13,12 +13,13 @@ All results must be for one task. Every file is written atomically (temp file, t
 from __future__ import annotations
 
 import html
+import io
 import json
 from pathlib import Path
 from typing import Any
 
+from llmft import storage
 from llmft.errors import LlmftError
-from llmft.files import write_atomic, write_text_atomic
 
 REQUIRED_KEYS = ("task", "model", "metrics")
 MISSING = "–"
@@ -27,13 +28,12 @@ MISSING = "–"
 # --- loading -----------------------------------------------------------------------------------
 
 def load_results(path: str) -> dict[str, Any]:
-    """One results file, checked; its own path is kept under `_path`."""
-    file = Path(path)
-    if not file.is_file():
-        raise LlmftError(f"Results file {path} does not exist. Pass the JSON files written by "
+    """One results file (a path or a storage URI), checked; its own path is kept under `_path`."""
+    if not storage.exists(path):
+        raise LlmftError(f"Results file {storage.shown(path)} does not exist. Pass the JSON files written by "
                          "`llmft eval ... --out results.json`.")
     try:
-        results = json.loads(file.read_text(encoding="utf-8"))
+        results = json.loads(storage.read_text(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise LlmftError(f"Results file {path} is not valid JSON ({exc}). Pass the results JSON "
                          "written by `llmft eval`, not its predictions JSONL.") from exc
@@ -48,7 +48,7 @@ def load_results(path: str) -> dict[str, Any]:
     if not isinstance(results["metrics"], dict):
         raise LlmftError(f"Results file {path}: `metrics` must be an object of named numbers, "
                          f"not {type(results['metrics']).__name__}.")
-    results["_path"] = str(file)
+    results["_path"] = str(path)
     return results
 
 
@@ -66,7 +66,7 @@ def check_same_task(all_results: list[dict[str, Any]]) -> str:
 def model_names(all_results: list[dict[str, Any]]) -> list[str]:
     """Row names: each result's label (else its model), made unique with the file name."""
     names = [str(r.get("label") or r["model"]) for r in all_results]
-    return [f"{name} ({Path(r['_path']).name})" if names.count(name) > 1 else name
+    return [f"{name} ({storage.basename(r['_path'])})" if names.count(name) > 1 else name
             for name, r in zip(names, all_results)]
 
 
@@ -181,7 +181,9 @@ def render_chart(path: str, task: str, all_results: list[dict[str, Any]], names:
     axes.set_title(f"llmft compare: {task}")
     axes.legend(fontsize=8, loc="upper center", ncol=min(len(names), 3), frameon=False)
     figure.tight_layout()
-    write_atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=120)
+    storage.write_bytes(path, image.getvalue())
 
 
 # --- side by side ------------------------------------------------------------------------------
@@ -193,26 +195,25 @@ def load_predictions(results: dict[str, Any]) -> dict[int, dict[str, Any]]:
     if not name:
         raise LlmftError(f"Results file {source} has no `predictions_file`, which the "
                          "side-by-side view needs. Re-run `llmft eval` to write one.")
-    file = Path(name)
-    if not file.is_absolute() and not file.is_file():
-        file = Path(source).parent / name  # stored relative to the results file
-    if not file.is_file():
-        raise LlmftError(f"Predictions file {name} named in {source} does not exist. Keep it "
+    file = name
+    if storage.is_uri(source) or not (Path(name).is_absolute() or Path(name).is_file()):
+        file = storage.join(storage.parent(source), name)  # stored relative to the results file
+    if not storage.exists(file):
+        raise LlmftError(f"Predictions file {name} named in {storage.shown(source)} does not exist. Keep it "
                          "beside its results file, or re-run `llmft eval`.")
     predictions = {}
-    with file.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise LlmftError(f"{file} line {number} is not JSON ({exc.msg}). The predictions "
-                                 "file may be truncated: re-run `llmft eval`.") from exc
-            if not isinstance(record, dict) or "prediction" not in record:
-                raise LlmftError(f"{file} line {number} has no `prediction`. Pass predictions "
-                                 "written by `llmft eval`.")
-            predictions[int(record.get("index", number - 1))] = record
+    for number, line in enumerate(storage.read_text(file).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise LlmftError(f"{file} line {number} is not JSON ({exc.msg}). The predictions "
+                             "file may be truncated: re-run `llmft eval`.") from exc
+        if not isinstance(record, dict) or "prediction" not in record:
+            raise LlmftError(f"{file} line {number} has no `prediction`. Pass predictions "
+                             "written by `llmft eval`.")
+        predictions[int(record.get("index", number - 1))] = record
     return predictions
 
 
@@ -289,7 +290,7 @@ pre {{ white-space: pre-wrap; margin: 0; max-width: 40em; }}
 # --- writing -----------------------------------------------------------------------------------
 
 def _write_text(path: str, text: str) -> None:
-    write_text_atomic(path, text)
+    storage.write_text(path, text)
 
 
 def run_compare(results_paths: list[str], out: str | None = None, plot: str | None = None,

@@ -16,10 +16,13 @@ class Generator:
     """A model replica. Ray Data builds one per worker and calls it on batches of prompts."""
 
     def __init__(self, model_path: str, stop_token: str | None, max_new_tokens: int, use_gpu: bool,
-                 dtype: str, num_threads: int = 1, trust_remote_code: bool = False):
+                 dtype: str, num_threads: int = 1, trust_remote_code: bool = False, cache_dir: str = "~/.cache/llmft"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from llmft.models.source import local_model
         from llmft.models.tokenizer import ensure_pad_token
+
+        model_path = local_model(model_path, cache_dir)  # a URI: downloaded once per node, into data.cache_dir
 
         if not use_gpu:
             torch.set_num_threads(max(1, num_threads))
@@ -104,7 +107,7 @@ def generate_sharded(model, tokenizer, prompts: list[str], *, stop_token: str | 
 
 def generate_with_ray(prompts: list[str], *, model_path: str, stop_token: str | None, max_new_tokens: int,
                       num_workers: int, use_gpu: bool, cpus_per_worker: float, dtype: str,
-                      batch_size: int, trust_remote_code: bool = False) -> list[str]:
+                      batch_size: int, cache_dir: str, trust_remote_code: bool = False) -> list[str]:
     """Predictions for `prompts`, in order, from `num_workers` model replicas."""
     import logging
 
@@ -118,7 +121,8 @@ def generate_with_ray(prompts: list[str], *, model_path: str, stop_token: str | 
     results = dataset.map_batches(
         Generator,
         fn_constructor_kwargs={"model_path": model_path, "stop_token": stop_token, "max_new_tokens": max_new_tokens,
-                               "use_gpu": use_gpu, "dtype": dtype, "num_threads": int(cpus_per_worker),
+                               "use_gpu": use_gpu, "dtype": dtype, "cache_dir": cache_dir,
+                               "num_threads": int(cpus_per_worker),
                                "trust_remote_code": trust_remote_code},
         batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=num_workers),
         num_cpus=cpus_per_worker, num_gpus=1 if use_gpu else 0,

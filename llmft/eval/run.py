@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llmft import storage
 from llmft.cluster import init_ray, keep_embedded_ray_on_loopback
 from llmft.config import Config
 from llmft.errors import LlmftError
-from llmft.files import write_text_atomic
 from llmft.paths import absolute_paths
 
 
@@ -35,6 +35,8 @@ def run_eval(cfg: Config, *, model: str | None, split: str, limit: int | None, f
     cfg = absolute_paths(cfg.model_copy(update={"model": cfg.model.model_copy(
         update={"name_or_path": model or cfg.model.name_or_path, "tokenizer": None})}))
     model_path = cfg.model.name_or_path
+    out = out or str(Path("outputs/eval") / f"{cfg.data.task}-{storage.basename(model_path)}-{split}-{few_shot}shot.json")
+    storage.check_reachable(out, "--out")
     tokenizer = load_tokenizer(cfg)
     task = get_task(cfg.data.task)
     if getattr(cfg.data, split) is None:
@@ -49,37 +51,37 @@ def run_eval(cfg: Config, *, model: str | None, split: str, limit: int | None, f
     predictions = generate_with_ray(
         prompts, model_path=model_path, stop_token=task.stop_token, max_new_tokens=max_new_tokens,
         num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu, cpus_per_worker=cfg.scaling.cpus_per_worker,
-        dtype=training_dtype(cfg), batch_size=batch_size, trust_remote_code=cfg.model.trust_remote_code)
+        dtype=training_dtype(cfg), batch_size=batch_size, trust_remote_code=cfg.model.trust_remote_code,
+        cache_dir=cfg.data.cache_dir)
     seconds = time.perf_counter() - started
 
     # -- score and write
     metrics, per_example = score_with_examples(task.name, predictions, references, contexts)
-    out_path = Path(out) if out else Path("outputs/eval") / f"{task.name}-{Path(model_path).name}-{split}-{few_shot}shot.json"
-    predictions_path = out_path.with_suffix(".predictions.jsonl")
+    predictions_path = storage.with_suffix(out, ".predictions.jsonl")
     results = {
         "task": task.name, "model": model_path, "label": label_for(model_path, few_shot), "split": split,
         "few_shot": few_shot, "num_examples": len(examples), "metrics": metrics,
         "data_hash": source_fingerprint(cfg, split), "config": cfg.model_dump(mode="json"),
-        "predictions_file": predictions_path.name,
+        "predictions_file": storage.basename(predictions_path),
         "generation": {"seconds": seconds, "examples_per_second": len(examples) / max(seconds, 1e-9),
                        "max_new_tokens": max_new_tokens, "workers": cfg.scaling.num_workers, "batch_size": batch_size},
     }
     lines = [json.dumps({"index": i, "prompt": ex.prompt, "reference": ex.reference, "prediction": pred, **detail})
              for i, (ex, pred, detail) in enumerate(zip(examples, predictions, per_example))]
-    write_text_atomic(predictions_path, "".join(line + "\n" for line in lines))
-    write_text_atomic(out_path, json.dumps(results, indent=2))
-    _print_summary(results, out_path)
+    storage.write_text(predictions_path, "".join(line + "\n" for line in lines))
+    storage.write_text(out, json.dumps(results, indent=2))  # last: the results name the predictions
+    _print_summary(results, out)
     return results
 
 
 def label_for(model_path: str, few_shot: int) -> str:
-    name = Path(model_path).name
-    if name == "model" and Path(model_path).parent.name:  # an llmft run's export: name it after the run
-        name = Path(model_path).parent.name
+    name = storage.basename(model_path)
+    if name == "model" and storage.basename(storage.parent(model_path)):  # an llmft run's export: name it after the run
+        name = storage.basename(storage.parent(model_path))
     return f"{name} ({few_shot}-shot)" if few_shot else name
 
 
-def _print_summary(results: dict[str, Any], out_path: Path) -> None:
+def _print_summary(results: dict[str, Any], out_path: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -93,4 +95,5 @@ def _print_summary(results: dict[str, Any], out_path: Path) -> None:
             table.add_row(key, str(value))
     console = Console()
     console.print(table)
-    console.print(f"results: {out_path}  predictions: {out_path.with_suffix('.predictions.jsonl')}")
+    console.print(f"results: {storage.shown(out_path)}  predictions: "
+                  f"{storage.shown(storage.with_suffix(out_path, '.predictions.jsonl'))}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from llmft import storage
 from llmft.errors import LlmftError
 
 if TYPE_CHECKING:
@@ -16,8 +17,14 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 
 
 def model_source(cfg: Config, key: str) -> str:
-    """The folder (expanded) or hub id named by `key`; LlmftError if it can be neither."""
+    """The folder (expanded) or hub id named by `key`; LlmftError if it can be neither.
+
+    A storage URI (s3://bucket/run/model) is downloaded once per node into `data.cache_dir`,
+    and that local copy is the source."""
     value = cfg.model.tokenizer if key == "model.tokenizer" else cfg.model.name_or_path
+    if storage.is_uri(value):
+        storage.check_reachable(value, key)
+        return local_model(value, cfg.data.cache_dir)
     path = Path(value).expanduser()
     if path.is_dir():
         return str(path)
@@ -29,6 +36,12 @@ def model_source(cfg: Config, key: str) -> str:
                          f"from the current directory, {Path.cwd()}), and it is not a Hugging Face "
                          f"hub id. {_how_to_get(value)}")
     return value
+
+
+def local_model(name_or_path: str, cache_dir: str) -> str:
+    """A model given as a storage URI, as a folder on this node (downloaded once per node);
+    a folder or hub id as it is."""
+    return str(storage.cached_copy(name_or_path, cache_dir)) if storage.is_uri(name_or_path) else name_or_path
 
 
 def _looks_like_hub_id(value: str) -> bool:

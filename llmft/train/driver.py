@@ -12,24 +12,28 @@ import os
 import time
 from pathlib import Path
 
+from llmft import storage
 from llmft.cluster import check_placement, init_ray, keep_embedded_ray_on_loopback
 from llmft.config import Config, resolve_auto
 from llmft.errors import LlmftError
 from llmft.eval.prompts import GenerationInputs, generation_inputs
-from llmft.paths import absolute_paths, is_uri, join
+from llmft.paths import absolute_paths
+from llmft.storage import join
 
 
 def run_training(cfg: Config, *, address: str | None = None, resume: str | None = None,
-                 extra_env: dict[str, str] | None = None) -> Path:
-    """Train, then export the best checkpoint. Returns the run folder."""
+                 extra_env: dict[str, str] | None = None) -> str:
+    """Train, then export the best checkpoint. Returns the run folder (a path or a storage URI)."""
     keep_embedded_ray_on_loopback(address)
     from llmft.data.tokenize import tokenize_split
     from llmft.export import export_checkpoint
     from llmft.models.architecture import local_hidden_size
+    from llmft.models.source import model_source
     from llmft.models.tokenizer import load_task_tokenizer
 
     # -- data: tokenized once here (and cached), then shared with the workers
     cfg = absolute_paths(cfg)
+    storage.check_reachable(cfg.output.dir, "output.dir")  # no credentials, no endpoint, no bucket: fail now
     tokenizer = load_task_tokenizer(cfg)
     train_table = tokenize_split(cfg, tokenizer, "train")
     if train_table.num_rows == 0:
@@ -55,12 +59,13 @@ def run_training(cfg: Config, *, address: str | None = None, resume: str | None 
 
     init_ray(address)
     check_placement(cfg)
+    storage.check_every_node_reaches(cfg.output.dir, "output.dir")
     inputs = WorkerInput(
         config=cfg,
         train_data=ray.put(train_table),
         valid_data=ray.put(valid_table) if valid_table is not None else None,
         run_dir=run_dir,
-        hidden_size=local_hidden_size(cfg.model.name_or_path),
+        hidden_size=local_hidden_size(model_source(cfg, "model.name_or_path")),
         resume_path=resume_path,
         generation_eval=generation_eval_inputs(cfg, tokenizer),
     )
@@ -93,12 +98,12 @@ def run_training(cfg: Config, *, address: str | None = None, resume: str | None 
         raise
 
     # -- export the best checkpoint as a Hugging Face model
-    if cfg.output.export_best and result.checkpoint is not None and not is_uri(run_dir):
+    if cfg.output.export_best and result.checkpoint is not None:
         best = result.get_best_checkpoint(cfg.output.checkpoint_metric, cfg.output.checkpoint_mode) if scored else None
-        best = best or result.checkpoint
-        out = export_checkpoint(best.path, Path(run_dir) / "model")
-        print(f"llmft: exported {best.path} -> {out}", flush=True)
-    return Path(run_dir)
+        best = join(run_dir, Path((best or result.checkpoint).path).name)  # Ray keeps it in the run folder
+        out = export_checkpoint(best, join(run_dir, "model"))
+        print(f"llmft: exported {storage.shown(best)} -> {storage.shown(out)}", flush=True)
+    return run_dir
 
 
 def generation_eval_inputs(cfg: Config, tokenizer) -> GenerationInputs | None:
@@ -116,29 +121,28 @@ def resolve_run(cfg: Config, resume: str | None) -> tuple[str, str | None]:
     """
     base = cfg.output.run_name
     if resume is None:
-        name = base or f"{cfg.data.task}-{Path(cfg.model.name_or_path).name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if not is_uri(cfg.output.dir) and (Path(cfg.output.dir) / name).exists():
-            raise LlmftError(f"Run folder {Path(cfg.output.dir) / name} already exists. Continue it with "
-                             f"`--resume latest`, or start a new run with output.run_name=<new name>.")
+        name = base or f"{cfg.data.task}-{storage.basename(cfg.model.name_or_path)}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if storage.exists(join(cfg.output.dir, name)):
+            raise LlmftError(f"Run folder {storage.shown(join(cfg.output.dir, name))} already exists. Continue it "
+                             f"with `--resume latest`, or start a new run with output.run_name=<new name>.")
         return name, None
     if resume == "latest":
         if base is None:
-            raise LlmftError("`--resume latest` needs output.run_name (the run to continue); "
-                             f"pass it as an override, e.g. output.run_name=<folder under {cfg.output.dir}>.")
-        if is_uri(cfg.output.dir):
-            return base, None  # Ray's record of the run names its latest checkpoint
+            raise LlmftError("`--resume latest` needs output.run_name (the run to continue); pass it as an "
+                             f"override, e.g. output.run_name=<folder under {storage.shown(cfg.output.dir)}>.")
         from llmft.checkpoint import find_checkpoints
 
-        complete = find_checkpoints(Path(cfg.output.dir) / base)
+        complete = find_checkpoints(join(cfg.output.dir, base))
         if not complete:
-            raise LlmftError(f"`--resume latest`: {Path(cfg.output.dir) / base} holds no complete checkpoint to resume from.")
-        return base, str(complete[-1])
+            raise LlmftError(f"`--resume latest`: {storage.shown(join(cfg.output.dir, base))} holds no complete "
+                             "checkpoint to resume from.")
+        return base, complete[-1]
     from llmft.checkpoint import check_compatible, read_state
 
-    path = Path(resume).expanduser().resolve()
-    check_compatible(read_state(path), cfg, cfg.world_size, where=path)
-    name = (base or path.parent.name) + f"-resumed-{time.strftime('%Y%m%d-%H%M%S')}"
-    return name, str(path)
+    path = resume if storage.is_uri(resume) else str(Path(resume).expanduser().resolve())
+    check_compatible(read_state(path), cfg, cfg.world_size, where=storage.shown(path))
+    name = (base or storage.basename(storage.parent(path))) + f"-resumed-{time.strftime('%Y%m%d-%H%M%S')}"
+    return name, path
 
 
 def worker_env(extra: dict[str, str] | None) -> dict[str, str]:

@@ -5,25 +5,33 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from llmft import storage
 from llmft.config import Config
 from llmft.files import write_text_atomic
 
+# How often metrics written to a bucket are uploaded while the run goes on (and at every checkpoint).
+UPLOAD_EVERY_S = 30.0
+
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The run's metrics file as a list of records."""
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
+    """The run's metrics file (in a local folder or a storage URI) as a list of records."""
+    text = storage.read_text(storage.join(str(run_dir), "metrics.jsonl"))
+    return [json.loads(line) for line in text.splitlines() if line]
 
 
 class MetricsLogger:
     """Appends one JSON object per logged step to `<run_dir>/metrics.jsonl`.
 
     On a resume the lines after the restored step are dropped first, so the file shows each step
-    once, as it was finally trained.
+    once, as it was finally trained. An object store cannot append: for a run in a bucket the
+    file (and TensorBoard's) is written on this node and uploaded whole by `sync`, which the loop
+    calls before every checkpoint, so a checkpoint never lies ahead of its metrics.
     """
 
     def __init__(self, cfg: Config, *, run_dir: str, enabled: bool, total_steps: int, resumed_at: int):
@@ -32,19 +40,24 @@ class MetricsLogger:
         self.tensorboard = self.mlflow = None
         if not enabled:
             return
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.run_dir, self.remote = run_dir, storage.is_uri(run_dir)
+        local_dir = Path(tempfile.mkdtemp(prefix="llmft-metrics-")) if self.remote else Path(run_dir)
+        self.path = local_dir / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.remote and storage.exists(storage.join(run_dir, "metrics.jsonl")):
+            self.path.write_text(storage.read_text(storage.join(run_dir, "metrics.jsonl")))
         _truncate_after(self.path, resumed_at)
         self.file = self.path.open("a")
+        self.synced = time.monotonic()
         if cfg.logging.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tensorboard = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+            self.tensorboard = SummaryWriter(str(local_dir / "tensorboard"))
         if cfg.logging.mlflow_tracking_uri:
             import mlflow
 
             mlflow.set_tracking_uri(cfg.logging.mlflow_tracking_uri)
-            mlflow.start_run(run_name=Path(run_dir).name)
+            mlflow.start_run(run_name=storage.basename(run_dir))
             mlflow.log_params({k: str(v) for k, v in cfg.dotted_values.items()})
             self.mlflow = mlflow
 
@@ -62,15 +75,32 @@ class MetricsLogger:
             self.mlflow.log_metrics({k: float(v) for k, v in numbers.items()}, step=step)
         if self.show_progress:
             print(progress_line(step, self.total_steps, record, time.time() - self.started), flush=True)
+        if self.remote and time.monotonic() - self.synced > UPLOAD_EVERY_S:
+            self.sync()
+
+    def sync(self) -> None:
+        """Upload the metrics (and TensorBoard files) of a run in a bucket; nothing to do on disk."""
+        if not (self.enabled and self.remote):
+            return
+        self.file.flush()
+        storage.upload_file(self.path, storage.join(self.run_dir, "metrics.jsonl"))
+        if self.tensorboard:
+            self.tensorboard.flush()
+            for event_file in (self.path.parent / "tensorboard").iterdir():
+                storage.upload_file(event_file, storage.join(self.run_dir, "tensorboard", event_file.name))
+        self.synced = time.monotonic()
 
     def close(self) -> None:
         if not self.enabled:
             return
+        self.sync()
         self.file.close()
         if self.tensorboard:
             self.tensorboard.close()
         if self.mlflow:
             self.mlflow.end_run()
+        if self.remote:
+            shutil.rmtree(self.path.parent, ignore_errors=True)
 
 
 def progress_line(step: int, total: int, record: dict[str, Any], elapsed: float) -> str:

@@ -167,6 +167,7 @@ def train_loop_per_worker(inputs: WorkerInput) -> None:
                     logger.log(global_step, {"epoch": epoch, **results})
                 metrics = {"step": global_step, "epoch": epoch, **results}
                 if due.checkpoint:
+                    logger.sync()  # a run in a bucket: its metrics arrive before the checkpoint after them
                     position = ckpt.Position(global_step=global_step, epoch=epoch + epoch_end,
                                              step_in_epoch=0 if epoch_end else step_in_epoch + 1)
                     ckpt.save_and_report(engine, tokenizer, cfg, position, metrics, rank=rank, world_size=world_size)

@@ -57,8 +57,7 @@ def losses(run_dir: Path) -> dict[int, float]:
 @pytest.fixture(scope="module")
 def uninterrupted(ray_session, tiny_model_dir, small_train_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    run_dir = run_training(config(tiny_model_dir, small_train_file, out, "output.run_name=straight"))
-    return run_dir
+    return Path(run_training(config(tiny_model_dir, small_train_file, out, "output.run_name=straight")))
 
 
 def test_stop_and_resume_gives_the_same_losses(uninterrupted, tiny_model_dir, small_train_file, tmp_path, monkeypatch):
@@ -84,8 +83,8 @@ def test_dead_worker_recovers_and_trains_each_example_once(uninterrupted, tiny_m
     monkeypatch.setenv("LLMFT_FAULT_KILL_AT_STEP", "5")
     monkeypatch.setenv("LLMFT_FAULT_MARKER", str(tmp_path / "killed"))
     monkeypatch.setenv("LLMFT_TRACE_DIR", str(trace))
-    run_dir = run_training(config(tiny_model_dir, small_train_file, tmp_path, "output.run_name=recovered",
-                                  "training.max_failures=1"))
+    run_dir = Path(run_training(config(tiny_model_dir, small_train_file, tmp_path, "output.run_name=recovered",
+                                       "training.max_failures=1")))
     assert (tmp_path / "killed").exists()  # the worker really died
     reference = losses(uninterrupted)
     recovered = losses(run_dir)
@@ -128,8 +127,8 @@ def test_resume_refuses_another_world_size_or_a_broken_path(uninterrupted, tiny_
 
 def test_exported_model_continues_as_a_new_run(uninterrupted, small_train_file, tmp_path):
     exported = uninterrupted / "model"
-    run_dir = run_training(config(exported, small_train_file, tmp_path, "output.run_name=continued",
-                                  "training.max_steps=2", "training.epochs=1"))
+    run_dir = Path(run_training(config(exported, small_train_file, tmp_path, "output.run_name=continued",
+                                       "training.max_steps=2", "training.epochs=1")))
     first = losses(run_dir)[1]
     # It starts from the fine-tuned weights, not from scratch: its first loss is near the end of the first run.
     assert first < losses(uninterrupted)[1] - 0.5

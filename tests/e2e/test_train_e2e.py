@@ -82,7 +82,7 @@ def test_batch_split_and_zero_stage_do_not_change_the_training(ray_session, tiny
     results = {}
     for name, extra in runs.items():
         cfg = tiny_config(tiny_model_dir, tmp_path, f"output.run_name={name}", *common, *extra)
-        results[name] = _losses_and_weights(run_training(cfg))
+        results[name] = _losses_and_weights(Path(run_training(cfg)))
     base_losses, base_weights = results["2x2x2-zero3"]
     assert len(base_losses) == 6
     for name, (losses, weights) in results.items():

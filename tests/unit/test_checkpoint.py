@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
+from llmft import storage
 from llmft.checkpoint import find_checkpoints, read_state
 from llmft.errors import LlmftError
+from tests.support.s3 import s3_server  # noqa: F401  (fixture)
 
 
 def make(folder, step, ranks_present, world_size=2, zero_stage=3):
@@ -24,7 +27,7 @@ def make(folder, step, ranks_present, world_size=2, zero_stage=3):
 def test_partial_upload_is_not_a_checkpoint(tmp_path):
     make(tmp_path / "checkpoint_a", 2, [0, 1])
     make(tmp_path / "checkpoint_b", 4, [0])  # rank 1's upload never arrived
-    assert [p.name for p in find_checkpoints(tmp_path)] == ["checkpoint_a"]
+    assert [Path(p).name for p in find_checkpoints(tmp_path)] == ["checkpoint_a"]
     with pytest.raises(LlmftError, match="rank_1"):
         read_state(tmp_path / "checkpoint_b")
 
@@ -37,3 +40,21 @@ def test_missing_state_file_and_corrupt_json(tmp_path):
     (bad / "llmft_state.json").write_text("{not json")
     with pytest.raises(LlmftError, match="corrupt"):
         read_state(bad)
+
+
+def test_checkpoints_in_a_bucket_are_found_and_checked_the_same_way(s3_server, tmp_path):  # noqa: F811
+    import pyarrow.fs as pafs
+
+    make(tmp_path / "run" / "checkpoint_a", 2, [0, 1])
+    make(tmp_path / "run" / "checkpoint_b", 4, [0])
+    make(tmp_path / "run" / "checkpoint_c", 6, [0, 1])
+    bucket = s3_server.new_bucket()
+    pafs.copy_files(str(tmp_path / "run"), f"{bucket}/runs/r1", destination_filesystem=s3_server.filesystem())
+    run = s3_server.uri(bucket, "runs/r1")
+    found = find_checkpoints(run)
+    assert [storage.basename(c) for c in found] == ["checkpoint_a", "checkpoint_c"]
+    assert read_state(found[-1])["position"]["global_step"] == 6
+    with pytest.raises(LlmftError, match="rank_1"):
+        read_state(storage.join(run, "checkpoint_b"))
+    with pytest.raises(LlmftError, match="does not exist"):
+        read_state(storage.join(run, "checkpoint_z"))

@@ -9,6 +9,7 @@ import pytest
 
 from llmft.errors import LlmftError
 from llmft.eval.compare import load_results, metric_columns, rate_columns, run_compare
+from tests.support.s3 import s3_server  # noqa: F401  (fixture)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -130,3 +131,23 @@ def test_cli_exit_code_on_mixed_tasks(tmp_path):
     result = CliRunner().invoke(main, ["compare", str(viggo), str(gsm)])
     assert result.exit_code == 2
     assert "is for task gsm8k" in " ".join(result.output.split())
+
+
+def test_results_and_outputs_in_a_bucket(s3_server, tmp_path):  # noqa: F811
+    import pyarrow.fs as pafs
+
+    from llmft import storage
+
+    write_results(tmp_path, "base", exact=0.25)
+    write_results(tmp_path, "tuned", exact=1.0)
+    bucket = s3_server.new_bucket()
+    pafs.copy_files(str(tmp_path), f"{bucket}/eval", destination_filesystem=s3_server.filesystem())
+    evals = s3_server.uri(bucket, "eval")
+    out, plot, side = (storage.join(evals, name) for name in ("table.md", "chart.png", "side.md"))
+    run_compare([storage.join(evals, "base.json"), storage.join(evals, "tuned.json")],
+                out=out, plot=plot, side_by_side=side)  # the predictions are found beside each results file
+    assert "| tuned | test | 0 | 1.000 |" in storage.read_text(out)
+    assert storage.read_text(side).count("## Example") == 2
+    assert {"eval/table.md", "eval/chart.png", "eval/side.md"} <= set(s3_server.keys(bucket))
+    with pytest.raises(LlmftError, match="does not exist"):
+        load_results(storage.join(evals, "nope.json"))

@@ -6,6 +6,7 @@ import json
 
 from llmft.config import Config
 from llmft.train.logger import MetricsLogger, progress_line, read_metrics
+from tests.support.s3 import s3_server  # noqa: F401  (fixture)
 
 
 def config(**logging) -> Config:
@@ -44,3 +45,19 @@ def test_progress_line_shows_the_known_figures():
     assert line.startswith("[##########----------] step 5/10")
     assert "loss 1.2346" in line and "lr 1.00e-04" in line and "12,346 trained tok/s" in line
     assert "valid_loss" not in line and line.endswith("| 61s")
+
+
+def test_a_run_in_a_bucket_uploads_its_metrics_and_resumes_from_them(s3_server):  # noqa: F811
+    run = s3_server.uri(s3_server.new_bucket(), "runs/r1")
+    logger = MetricsLogger(config(), run_dir=run, enabled=True, total_steps=8, resumed_at=0)
+    for step in range(1, 5):
+        logger.log(step, {"train_loss": 10 - step})
+    logger.sync()  # before a checkpoint: what was logged so far is in the bucket
+    assert [r["step"] for r in read_metrics(run)] == [1, 2, 3, 4]
+    logger.log(5, {"train_loss": 5})
+    logger.close()
+    assert [r["step"] for r in read_metrics(run)] == [1, 2, 3, 4, 5]
+    resumed = MetricsLogger(config(), run_dir=run, enabled=True, total_steps=8, resumed_at=3)
+    resumed.log(4, {"train_loss": 0.5})
+    resumed.close()
+    assert [(r["step"], r["train_loss"]) for r in read_metrics(run)] == [(1, 9), (2, 8), (3, 7), (4, 0.5)]
