@@ -50,6 +50,17 @@ class ModelConfig(_Section):
     gradient_checkpointing: bool = Field(
         True, description="Recompute activations in the backward pass to save memory."
     )
+    new_token_init: Literal["mean", "text"] = Field(
+        "mean", description="How the embeddings of the special tokens a task adds start: `mean` of all "
+        "existing rows, or `text`: the mean of the rows of the pieces the token's text splits into "
+        "(`<END_MR>` -> `<`, `END`, `_`, `MR`, `>`)."
+    )
+    stop_token_init: Literal["eos", "same"] = Field(
+        "eos", description="How the task's new stop token (e.g. `<END_MR>`) starts: `eos` copies the "
+        "tokenizer's EOS rows (input and output), so the model ends answers with it from the first "
+        "step instead of competing with its trained end-of-turn token; `same` starts it like the "
+        "other new tokens (`new_token_init`)."
+    )
     trust_remote_code: bool = Field(
         False, description="Allow model code from the hub. Off: only transformers' own code runs."
     )
@@ -129,6 +140,10 @@ class TrainingConfig(_Section):
     seed: int = Field(42, description="Seed for model init of new tokens, shuffling and dropout.")
     eval_every_steps: int | None = Field(
         None, ge=1, description="Validation loss every N optimizer steps (always at epoch end)."
+    )
+    eval_examples: int | None = Field(
+        None, ge=1, description="Validation examples scored in each validation pass: the first N of "
+        "`data.valid`; null: all of them."
     )
     generation_eval_every_steps: int | None = Field(
         None, ge=1, description="Generate and score answers on a validation subset every N steps."

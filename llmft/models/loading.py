@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from llmft.errors import LlmftError
 from llmft.models.source import check_model_folder, model_source, unloadable_message
+from llmft.tasks import get_task
 
 if TYPE_CHECKING:
     import torch
@@ -28,7 +29,7 @@ def load_model(cfg: Config, tokenizer: PreTrainedTokenizerBase, ds_config: dict 
     - The embeddings grow to `len(tokenizer)` when it has more tokens than the model; the new
       rows (input and, if untied, output embeddings) start at the mean of the existing rows and
       are partitioned like the rest under ZeRO-3. A model that already has the tokens (e.g. an
-      exported fine-tune) is left as it is.
+      exported fine-tune) is left as it is. How new rows start: `init_new_embeddings`.
     - `dtype` defaults to the training dtype of the config (float32 on CPU).
     """
     import torch
@@ -64,7 +65,9 @@ def load_model(cfg: Config, tokenizer: PreTrainedTokenizerBase, ds_config: dict 
         # mean_resizing=False: transformers' own mean init samples from a multivariate normal
         # (a covariance over hidden x hidden, slow at 8k hidden); we set the plain mean instead.
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-        init_new_embeddings_to_mean(model, num_old_tokens)
+        task = get_task(cfg.data.task)
+        stop = task.stop_token if cfg.model.stop_token_init == "eos" else None
+        init_new_embeddings(model, tokenizer, num_old_tokens, method=cfg.model.new_token_init, stop_token=stop)
         _partition_plain_parameters(model)
     if cfg.model.gradient_checkpointing:
         # Non-reentrant: works with inputs that need no grad and with ZeRO-3's parameter hooks.
@@ -76,17 +79,30 @@ def load_model(cfg: Config, tokenizer: PreTrainedTokenizerBase, ds_config: dict 
     return model
 
 
-def init_new_embeddings_to_mean(model: PreTrainedModel, num_old_tokens: int) -> None:
-    """Set embedding rows `num_old_tokens:` to the mean of rows `:num_old_tokens`.
+def init_new_embeddings(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, num_old_tokens: int, *,
+                        method: str = "mean", stop_token: str | None = None) -> None:
+    """Starting values of the embedding rows `num_old_tokens:` (the task's new tokens).
 
     Applies to the input embeddings and, when they are not tied to them, the output embeddings.
-    A new token then starts as an "average" token: its logits do not dominate generation and the
-    inputs after it stay in distribution (https://nlp.stanford.edu/~johnhew/vocab-expansion.html).
+    - `method="mean"`: every new row is the mean of the existing rows, an "average" token whose
+      logits do not dominate generation and after which inputs stay in distribution
+      (https://nlp.stanford.edu/~johnhew/vocab-expansion.html).
+    - `method="text"`: each new row is the mean of the rows of the pieces its text splits into
+      without it (`<END_MR>` -> `<`, `END`, `_`, `MR`, `>`), so it starts near what it looks like.
+    - `stop_token`: that token's rows are copies of the EOS rows instead. A fine-tuned model must
+      learn to end its answer with the task's stop token; from the mean it competes with the
+      strongly trained EOS (a chat model's end of turn) and loses within a short fine-tune, so the
+      model keeps ending with EOS. Starting as EOS, it is what the model already emits there.
     Works on partitioned ZeRO-3 parameters (those with `ds_id`) by gathering them first; every
     process must call it then, as for any ZeRO-3 collective.
     """
     import torch
 
+    new_ids = range(num_old_tokens, len(tokenizer))
+    pieces = {i: tokenizer(tokenizer.convert_ids_to_tokens(i), add_special_tokens=False,
+                           split_special_tokens=True)["input_ids"] for i in new_ids} if method == "text" else {}
+    stop_id = tokenizer.convert_tokens_to_ids(stop_token) if stop_token else None
+    copy_eos = stop_id in new_ids and tokenizer.eos_token_id is not None and tokenizer.eos_token_id < num_old_tokens
     weights = [model.get_input_embeddings().weight]
     output = model.get_output_embeddings()
     if output is not None and output.weight is not weights[0]:
@@ -95,8 +111,13 @@ def init_new_embeddings_to_mean(model: PreTrainedModel, num_old_tokens: int) -> 
         for weight in weights:
             if weight.shape[0] <= num_old_tokens:
                 continue
-            mean = weight[:num_old_tokens].float().mean(dim=0)
-            weight[num_old_tokens:] = mean.to(weight.dtype)
+            weight[num_old_tokens:] = weight[:num_old_tokens].float().mean(dim=0).to(weight.dtype)
+            for i, ids in pieces.items():
+                known = [j for j in ids if j < num_old_tokens]
+                if known:
+                    weight[i] = weight[known].float().mean(dim=0).to(weight.dtype)
+            if copy_eos:
+                weight[stop_id] = weight[tokenizer.eos_token_id]
 
 
 def _partition_plain_parameters(model: PreTrainedModel) -> None:

@@ -41,6 +41,8 @@ def run_training(cfg: Config, *, address: str | None = None, resume: str | None 
                          f"(max_length {cfg.data.max_length}, over_length {cfg.data.over_length}). Run `llmft prepare`.")
     cfg = resolve_auto(cfg, train_table.num_rows)
     valid_table = tokenize_split(cfg, tokenizer, "valid") if cfg.data.valid else None
+    if valid_table is not None and cfg.training.eval_examples:
+        valid_table = valid_table.slice(0, cfg.training.eval_examples)
     if cfg.deepspeed.config_file:
         from llmft.train.deepspeed import build_deepspeed_config
 

@@ -16,7 +16,7 @@ import ray.train
 import torch
 
 from llmft.config import Config
-from llmft.data.batching import TokenizedExamples, plan_epoch, trained_tokens, worker_micro_batches
+from llmft.data.batching import TokenizedExamples, pack_examples, plan_epoch, trained_tokens, worker_micro_batches
 from llmft.eval.prompts import GenerationInputs
 from llmft.train.deepspeed import build_deepspeed_config, training_dtype
 from llmft.train.hooks import TraceAndFaultHooks
@@ -192,8 +192,9 @@ def evaluate(engine, data: TokenizedExamples, cfg: Config, rank: int, world_size
              batch_args: dict) -> dict[str, float]:
     """Validation loss, perplexity and accuracies over the whole validation set, split across workers."""
     engine.eval()
+    # Packed like the training data when packing is on (the per-token loss is the same, in fewer passes).
+    rows = pack_examples(data.lengths, cfg.data.max_length) if cfg.data.packing else [[i] for i in range(len(data.lengths))]
     # Every worker must run the same number of forward passes: ZeRO-3 gathers parameters collectively.
-    rows = [[i] for i in range(len(data.input_ids))]
     micro = cfg.training.micro_batch_size
     per_pass = world_size * micro
     rows += [[] for _ in range(-len(rows) % per_pass)]

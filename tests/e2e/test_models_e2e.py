@@ -18,7 +18,7 @@ import torch
 
 from llmft.config import Config
 from llmft.models.gguf import GGUF_IMPORT_MARKER, import_gguf, smollm2_gguf_path
-from llmft.models.loading import init_new_embeddings_to_mean, load_model
+from llmft.models.loading import init_new_embeddings, load_model
 from llmft.models.tokenizer import add_task_tokens, load_tokenizer
 from llmft.tasks import get_task
 from llmft.train.deepspeed import build_deepspeed_config
@@ -59,7 +59,7 @@ def single_process_group(monkeypatch: pytest.MonkeyPatch):
         dist.destroy_process_group()
 
 
-def test_zero3_load_is_partitioned_and_mean_initialised(tiny_model_dir: Path, single_process_group) -> None:
+def test_zero3_load_is_partitioned_and_new_rows_initialised(tiny_model_dir: Path, single_process_group) -> None:
     import deepspeed
     from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 
@@ -87,21 +87,25 @@ def test_zero3_load_is_partitioned_and_mean_initialised(tiny_model_dir: Path, si
     embed = model.get_input_embeddings().weight
     assert tuple(embed.ds_shape) == (len(tokenizer), plain.config.hidden_size)
 
-    # Same weights as the plain load, new rows at the mean of the old ones.
+    # Same weights as the plain load; new rows at the mean of the old ones, the stop token <END_A> at EOS.
     old = len(tokenizer) - added
+    stop, eos = tokenizer.convert_tokens_to_ids("<END_A>"), tokenizer.eos_token_id
+    others = [i for i in range(old, len(tokenizer)) if i != stop]
     with deepspeed.zero.GatheredParameters([embed]):
         assert torch.equal(embed.detach(), plain_embed)
-        assert torch.allclose(embed[old:].detach(), embed[:old].detach().mean(0).expand(added, -1))
+        assert torch.allclose(embed[others].detach(), embed[:old].detach().mean(0).expand(added - 1, -1))
+        assert torch.equal(embed[stop].detach(), embed[eos].detach())
 
-    # init_new_embeddings_to_mean on partitioned parameters (the GatheredParameters path).
+    # init_new_embeddings on partitioned parameters (the GatheredParameters path).
     head = model.get_output_embeddings().weight
     with deepspeed.zero.GatheredParameters([embed, head], modifier_rank=0), torch.no_grad():
         embed[old:] = 5.0
         head[old:] = 5.0
-    init_new_embeddings_to_mean(model, old)
+    init_new_embeddings(model, tokenizer, old, method="mean", stop_token="<END_A>")
     with deepspeed.zero.GatheredParameters([embed, head]):
-        assert torch.allclose(embed[old:].detach(), embed[:old].detach().mean(0).expand(added, -1))
-        assert torch.allclose(head[old:].detach(), head[:old].detach().mean(0).expand(added, -1))
+        assert torch.allclose(embed[others].detach(), embed[:old].detach().mean(0).expand(added - 1, -1))
+        assert torch.allclose(head[others].detach(), head[:old].detach().mean(0).expand(added - 1, -1))
+        assert torch.equal(head[stop].detach(), head[eos].detach())
         new_rows_before = embed[old:].detach().clone()
 
     # The partitioned model trains: same loss as the plain model, and the new rows learn.

@@ -16,7 +16,7 @@ from transformers import (
 )
 
 from llmft.errors import LlmftError
-from llmft.models.loading import init_new_embeddings_to_mean, load_model
+from llmft.models.loading import init_new_embeddings, load_model
 from llmft.models.tokenizer import add_task_tokens, load_tokenizer
 from llmft.tasks import get_task
 from tests.support import model_config
@@ -30,8 +30,27 @@ def _checkpointing(model: torch.nn.Module) -> bool:
     return False
 
 
-@pytest.mark.parametrize("tied", [False, True])
-def test_new_embedding_rows_start_at_the_mean(tied: bool) -> None:
+class _Tokenizer:
+    """What `init_new_embeddings` reads from a tokenizer: 100 old ids, 3 new tokens, EOS id 2."""
+
+    eos_token_id = 2
+    names = {100: "<A>", 101: "<STOP>", 102: "<B>"}
+
+    def __len__(self):
+        return 103
+
+    def convert_ids_to_tokens(self, i):
+        return self.names[i]
+
+    def convert_tokens_to_ids(self, token):
+        return {v: k for k, v in self.names.items()}[token]
+
+    def __call__(self, text, add_special_tokens, split_special_tokens):
+        assert split_special_tokens and not add_special_tokens
+        return {"input_ids": {"<A>": [5, 6], "<STOP>": [7], "<B>": [8, 9, 10]}[text]}
+
+
+def _resized(tied: bool) -> tuple[LlamaForCausalLM, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64,
                                          num_hidden_layers=1, num_attention_heads=2,
@@ -39,7 +58,13 @@ def test_new_embedding_rows_start_at_the_mean(tied: bool) -> None:
     old_in = model.get_input_embeddings().weight.detach().clone()
     old_out = model.get_output_embeddings().weight.detach().clone()
     model.resize_token_embeddings(103, mean_resizing=False)
-    init_new_embeddings_to_mean(model, 100)
+    return model, old_in, old_out
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_new_embedding_rows_start_at_the_mean(tied: bool) -> None:
+    model, old_in, old_out = _resized(tied)
+    init_new_embeddings(model, _Tokenizer(), 100, method="mean")
     new_in = model.get_input_embeddings().weight.detach()
     new_out = model.get_output_embeddings().weight.detach()
     assert new_in.shape == new_out.shape == (103, 32)
@@ -52,7 +77,18 @@ def test_new_embedding_rows_start_at_the_mean(tied: bool) -> None:
         assert not torch.allclose(new_in[100:], new_out[100:])
 
 
-def test_load_model_resizes_and_mean_initialises(tiny_model_dir: Path) -> None:
+@pytest.mark.parametrize("tied", [False, True])
+def test_the_stop_token_starts_as_eos_and_text_tokens_as_their_pieces(tied: bool) -> None:
+    model, old_in, old_out = _resized(tied)
+    init_new_embeddings(model, _Tokenizer(), 100, method="text", stop_token="<STOP>")
+    for new, old in ((model.get_input_embeddings().weight.detach(), old_in),
+                     (model.get_output_embeddings().weight.detach(), old_out)):
+        assert torch.equal(new[101], old[2])  # <STOP> is EOS at step 0, in both embeddings
+        assert torch.allclose(new[100], old[[5, 6]].mean(0), atol=1e-7)
+        assert torch.allclose(new[102], old[[8, 9, 10]].mean(0), atol=1e-7)
+
+
+def test_load_model_resizes_and_initialises_the_new_rows(tiny_model_dir: Path) -> None:
     cfg = model_config(tiny_model_dir, "sql", attn_implementation="eager", gradient_checkpointing=True)
     tokenizer = load_tokenizer(cfg)
     added = add_task_tokens(tokenizer, get_task("sql"))
@@ -63,8 +99,13 @@ def test_load_model_resizes_and_mean_initialises(tiny_model_dir: Path) -> None:
     assert embed.shape[0] == head.shape[0] == len(tokenizer) == 2048 + added
     assert model.config.vocab_size == len(tokenizer)
     assert torch.equal(embed[:2048], reference["model.embed_tokens.weight"])
-    assert torch.allclose(embed[2048:], reference["model.embed_tokens.weight"].mean(0).expand(added, -1))
-    assert torch.allclose(head[2048:], reference["lm_head.weight"].mean(0).expand(added, -1))
+    stop, eos = tokenizer.convert_tokens_to_ids("<END_A>"), tokenizer.eos_token_id
+    others = [i for i in range(2048, len(tokenizer)) if i != stop]
+    assert torch.allclose(embed[others], reference["model.embed_tokens.weight"].mean(0).expand(added - 1, -1))
+    assert torch.allclose(head[others], reference["lm_head.weight"].mean(0).expand(added - 1, -1))
+    # stop_token_init: eos (the default): the task's stop token starts as EOS in both embeddings.
+    assert torch.equal(embed[stop], reference["model.embed_tokens.weight"][eos])
+    assert torch.equal(head[stop], reference["lm_head.weight"][eos])
     assert model.dtype == torch.float32
     assert _checkpointing(model)
     assert model.config._attn_implementation == "eager"
