@@ -234,13 +234,16 @@ def models() -> None:
 @click.option("--hidden", default=64, show_default=True)
 @click.option("--vocab", default=2048, show_default=True, help="Vocabulary of a trained tokenizer.")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--dropout", default=0.0, show_default=True, help="Attention dropout (training then draws random numbers).")
+@click.option("--tie-embeddings/--untie-embeddings", default=None,
+              help="Share the input embedding with the output head, or not (default: as the architecture does).")
 @_user_errors
-def models_make_tiny(out, like, tokenizer_from, layers, hidden, vocab, seed):
+def models_make_tiny(out, like, tokenizer_from, layers, hidden, vocab, seed, dropout, tie_embeddings):
     """Create a tiny random model of any architecture family, with a tokenizer trained on llmft's sample data."""
     from llmft.models.tiny import make_tiny_model
 
-    make_tiny_model(out, like, num_layers=layers, hidden_size=hidden, vocab_size=vocab, seed=seed,
-                    tokenizer_from=tokenizer_from)
+    make_tiny_model(out, like, num_layers=layers, hidden_size=hidden, vocab_size=vocab, seed=seed, dropout=dropout,
+                    tie_embeddings=tie_embeddings, tokenizer_from=tokenizer_from)
     click.echo(out)
 
 

@@ -221,12 +221,19 @@ def target_config(like: str, trust_remote_code: bool = False) -> tuple[dict[str,
 
 
 def tiny_config(target: dict[str, Any], tokenizer: PreTrainedTokenizerBase, *, num_layers: int = 2,
-                hidden_size: int = 64) -> PretrainedConfig:
-    """`target` (a config.json dict) shrunk to `num_layers` layers of `hidden_size`, for `tokenizer`."""
+                hidden_size: int = 64, dropout: float = 0.0, tie_embeddings: bool | None = None) -> PretrainedConfig:
+    """`target` (a config.json dict) shrunk to `num_layers` layers of `hidden_size`, for `tokenizer`.
+
+    `dropout` is the attention dropout: with it, training draws random numbers at every step, so a
+    resume is exact only if the RNG states are restored. `tie_embeddings` overrides the target's
+    choice of sharing the input embedding with the output head (None keeps it).
+    """
     from transformers import CONFIG_MAPPING, AutoConfig
 
     if hidden_size % HEAD_DIM:
         raise LlmftError(f"hidden_size {hidden_size} must be a multiple of {HEAD_DIM} (heads of {HEAD_DIM} dimensions).")
+    if not 0.0 <= dropout < 1.0:
+        raise LlmftError(f"dropout {dropout} must be in [0, 1).")
     values = dict(target.get("text_config") or target)  # multimodal checkpoints: their language model
     model_type = values.get("model_type")
     if model_type not in CONFIG_MAPPING:
@@ -248,7 +255,9 @@ def tiny_config(target: dict[str, Any], tokenizer: PreTrainedTokenizerBase, *, n
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate,
         num_hidden_layers=num_layers, num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=HEAD_DIM,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        initializer_range=values.get("initializer_range") or 0.02, dtype="float32")
+        initializer_range=values.get("initializer_range") or 0.02, dtype="float32", attention_dropout=dropout)
+    if tie_embeddings is not None:
+        values["tie_word_embeddings"] = tie_embeddings
     if values.get("sliding_window"):
         values["sliding_window"] = min(int(values["sliding_window"]), SLIDING_WINDOW)
     if values.get("query_pre_attn_scalar"):  # Gemma-2/3 scale attention by this (the head size)
@@ -298,15 +307,16 @@ def _shrink_rope_lists(rope: dict[str, Any], length: int) -> dict[str, Any]:
 
 
 def make_tiny_model(out: str | Path, like: str = "llama", *, num_layers: int = 2, hidden_size: int = 64,
-                    vocab_size: int = 2048, seed: int = 0, tokenizer_from: str | None = None,
-                    trust_remote_code: bool = False) -> Path:
+                    vocab_size: int = 2048, seed: int = 0, dropout: float = 0.0, tie_embeddings: bool | None = None,
+                    tokenizer_from: str | None = None, trust_remote_code: bool = False) -> Path:
     """Write a tiny random causal LM made like `like`, and its tokenizer, into `out` (replaced).
 
     `like`: a transformers model type (`llama`, `mistral`, `qwen3`, `gemma2`, `phi3`, ...), a local
     model folder or config.json, or a hub id llmft can read the config of without weights.
     The tokenizer is trained in the family's style with `vocab_size` entries (plus its chat
     markers), or copied from `tokenizer_from` (a local folder or cached hub id), so its own
-    special tokens and chat template come along. The same arguments give byte-identical files.
+    special tokens and chat template come along. `dropout` and `tie_embeddings`: see `tiny_config`.
+    The same arguments give byte-identical files.
 
     Default: a Llama with a Llama-2-style tokenizer (sentencepiece BPE with byte fallback and
     single-digit pieces, `<unk>`/`<s>`/`</s>` at 0/1/2, BOS added, "legacy" spacing after special
@@ -330,7 +340,8 @@ def make_tiny_model(out: str | Path, like: str = "llama", *, num_layers: int = 2
         style = TOKENIZER_STYLES[FAMILY_TOKENIZERS.get(model_type, "llama")]
         tokenizer = make_tokenizer(style, vocab_size, max_positions)
         tokenizer_origin = f"{style.name}-style {style.kind}, trained on llmft's sample data"
-    config = tiny_config(target, tokenizer, num_layers=num_layers, hidden_size=hidden_size)
+    config = tiny_config(target, tokenizer, num_layers=num_layers, hidden_size=hidden_size, dropout=dropout,
+                         tie_embeddings=tie_embeddings)
 
     out = Path(out).expanduser()
     with atomic_folder(out) as tmp:
@@ -342,15 +353,16 @@ def make_tiny_model(out: str | Path, like: str = "llama", *, num_layers: int = 2
             "like": like, "config_from": origin, "model_type": config.model_type,
             "architecture": type(model).__name__, "tokenizer": tokenizer_origin,
             "parameters": sum(p.numel() for p in model.parameters()),
-            "num_layers": num_layers, "hidden_size": hidden_size, "seed": seed}, indent=2) + "\n")
+            "num_layers": num_layers, "hidden_size": hidden_size, "seed": seed, "dropout": dropout},
+            indent=2) + "\n")
     return out
 
 
 def make_tiny_llama(out: str | Path, num_layers: int = 2, hidden_size: int = 64, vocab_size: int = 2048,
-                    seed: int = 0) -> Path:
+                    seed: int = 0, dropout: float = 0.0, tie_embeddings: bool = False) -> Path:
     """`make_tiny_model(out, "llama", ...)`: the tiny Llama with a Llama-2-style tokenizer the tiny configs use."""
-    return make_tiny_model(out, "llama", num_layers=num_layers, hidden_size=hidden_size,
-                           vocab_size=vocab_size, seed=seed)
+    return make_tiny_model(out, "llama", num_layers=num_layers, hidden_size=hidden_size, vocab_size=vocab_size,
+                           seed=seed, dropout=dropout, tie_embeddings=tie_embeddings)
 
 
 def read_tiny_marker(folder: str | Path) -> dict[str, Any] | None:

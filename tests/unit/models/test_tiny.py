@@ -189,3 +189,18 @@ def test_unknown_targets_are_user_errors(tmp_path) -> None:
         tiny_config({"model_type": "my-remote-arch", "hidden_size": 8}, None)
     with pytest.raises(LlmftError, match="multiple of 16"):
         make_tiny_model(tmp_path / "x", "llama", hidden_size=40)
+
+
+def test_dropout_and_tied_embeddings_options(tmp_path: Path) -> None:
+    out = make_tiny_llama(tmp_path / "tiny", hidden_size=32, vocab_size=512, dropout=0.25, tie_embeddings=True)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.attention_dropout == 0.25 and model.config.tie_word_embeddings
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert "lm_head.weight" not in load_file(out / "model.safetensors")
+    ids = torch.tensor([[1, 5, 6, 7, 8, 9]])
+    model.train()  # dropout draws random numbers: two passes differ; eval mode does not
+    assert not torch.equal(model(ids).logits, model(ids).logits)
+    model.eval()
+    assert torch.equal(model(ids).logits, model(ids).logits)
+    untied_gemma = make_tiny_model(tmp_path / "gemma", "gemma2", tie_embeddings=False)
+    assert not AutoModelForCausalLM.from_pretrained(untied_gemma).config.tie_word_embeddings
