@@ -17,6 +17,7 @@ leaves the previous checkpoint as the latest; `restore` also refuses a folder wi
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -68,36 +69,90 @@ def save_and_report(engine, tokenizer, cfg: Config, position: Position, metrics:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def restore(engine, checkpoint, cfg: Config, *, world_size: int, rank: int) -> Position:
-    """Load DeepSpeed state and RNG states from `checkpoint` (a Ray Checkpoint or None)."""
+def needs_resharding(checkpoint, world_size: int) -> bool:
+    """Whether `checkpoint` (a Ray Checkpoint or None) holds ZeRO-partitioned states of another
+    world size: then it is loaded as a DeepSpeed universal checkpoint (see `restore`)."""
+    if checkpoint is None:
+        return False
+    state = checkpoint_state(checkpoint)
+    return state["world_size"] != world_size and state["zero_stage"] >= 1
+
+
+def restore(engine, checkpoint, cfg: Config, *, world_size: int, rank: int, local_rank: int) -> Position:
+    """Load DeepSpeed state and RNG states from `checkpoint` (a Ray Checkpoint or None).
+
+    A checkpoint of another world size (an elastic run after a node loss, or `--resume` with
+    another scaling.num_workers) has its ZeRO partitions re-cut by DeepSpeed's universal
+    checkpoints; the engine must then have been built with `load_universal` (needs_resharding).
+    """
     if checkpoint is None:
         return Position()
     with checkpoint.as_directory() as folder:
         state = read_state(folder)
-        check_compatible(state, cfg, world_size, where=folder)
-        load_path, _ = engine.load_checkpoint(folder, tag=DEEPSPEED_TAG, load_optimizer_states=True,
-                                              load_lr_scheduler_states=True)
-        if load_path is None:
-            raise LlmftError(f"Checkpoint {folder} has no DeepSpeed state under {DEEPSPEED_TAG}/.")
+        check_compatible(state, cfg, where=folder)
+        if needs_resharding(checkpoint, world_size):
+            _load_universal(engine, Path(folder), key=f"{checkpoint.path}@{world_size}", local_rank=local_rank)
+        else:
+            load_path, _ = engine.load_checkpoint(folder, tag=DEEPSPEED_TAG, load_optimizer_states=True,
+                                                  load_lr_scheduler_states=True)
+            if load_path is None:
+                raise LlmftError(f"Checkpoint {folder} has no DeepSpeed state under {DEEPSPEED_TAG}/.")
         rng_file = Path(folder) / f"rng_rank{rank}.pt"
-        if rng_file.exists():
+        if rng_file.exists():  # a rank the saving run did not have keeps the seeded state
             _set_rng_states(torch.load(rng_file, weights_only=False))
     return Position(**state["position"])
 
 
-def newest(ray_checkpoint, resume_path: str | None):
-    """The checkpoint to start from: Ray's (after a restart, or the run's latest on `--resume
-    latest`) or the one named by `--resume`, whichever is further along. Ray's can be older than
-    the newest complete one in storage: it only records a checkpoint once every upload returned."""
+def _load_universal(engine, folder: Path, *, key: str, local_rank: int) -> None:
+    """DeepSpeed converts the checkpoint to its universal format (once per node, into node-local
+    scratch, never into the checkpoint) and the engine loads it, re-partitioned for this world
+    size. Two DeepSpeed 0.19 details are undone afterwards (see comments)."""
+    import argparse
+
+    import ray
+    import torch.distributed as dist
+    from deepspeed.checkpoint import ds_to_universal
+
+    node = ray.get_runtime_context().get_node_id()[:12]
+    scratch = Path(tempfile.gettempdir()) / f"llmft-universal-{node}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    if local_rank == 0:
+        shutil.rmtree(scratch, ignore_errors=True)
+        ds_to_universal.main(argparse.Namespace(
+            input_folder=str(folder / DEEPSPEED_TAG), output_folder=str(scratch / DEEPSPEED_TAG),
+            num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False, strict=True,
+            inject_missing_state=False))
+    dist.barrier()
+    own_settings = [{k: v for k, v in group.items() if k not in ("params", "lr")} for group in engine.optimizer.param_groups]
+    load_path, _ = engine.load_checkpoint(str(scratch), tag=DEEPSPEED_TAG, load_optimizer_states=True,
+                                          load_lr_scheduler_states=True)
+    if load_path is None:
+        raise LlmftError(f"Checkpoint {folder}: DeepSpeed could not load its universal conversion.")
+    # The universal load gives every param group group 0's settings: a no-decay group would
+    # gain weight decay. Each group gets its own back (the lr is the scheduler's, already right).
+    for group, settings in zip(engine.optimizer.param_groups, own_settings):
+        group.update(settings)
+    # ...and one `step` tensor to every ZeRO-3 sub-group, which torch's AdamW then increments in
+    # place once per group per step: give each its own copy.
+    for param_state in engine.optimizer.state.values():
+        if torch.is_tensor(param_state.get("step")):
+            param_state["step"] = param_state["step"].clone()
+    dist.barrier()
+    if local_rank == 0:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def newest(ray_checkpoint, resume_path: str | None, run_dir: str):
+    """The checkpoint to start from, the furthest along of: Ray's (after a restart), the one named
+    by `--resume`, and the newest complete one in the run folder. After a restart Ray can hand
+    back an older checkpoint than the last one every worker finished uploading (measured: after
+    a node loss it gave step 2 when step 4 was complete in the bucket)."""
     import ray.train
 
-    if not resume_path:
-        return ray_checkpoint
-    explicit = ray.train.Checkpoint(resume_path)
-    if ray_checkpoint is None:
-        return explicit
-    ray_step = checkpoint_state(ray_checkpoint)["position"]["global_step"]
-    return explicit if read_state(resume_path)["position"]["global_step"] > ray_step else ray_checkpoint
+    candidates = [ray_checkpoint] if ray_checkpoint is not None else []
+    candidates += [ray.train.Checkpoint(path) for path in (resume_path, *find_checkpoints(run_dir)[-1:]) if path]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda c: checkpoint_state(c)["position"]["global_step"])
 
 
 def read_state(folder: str | os.PathLike) -> dict[str, Any]:
@@ -156,17 +211,17 @@ def is_complete(folder: str | os.PathLike) -> bool:
         return False
 
 
-def check_compatible(state: dict[str, Any], cfg: Config, world_size: int, where: str | os.PathLike) -> None:
-    """Refuse resumes that cannot be exact: another model or another ZeRO sharding."""
+def check_compatible(state: dict[str, Any], cfg: Config, where: str | os.PathLike) -> None:
+    """Refuse resumes that cannot be exact: another model or another ZeRO stage. Another number
+    of workers is fine: the states are re-partitioned (universal checkpoints)."""
     if state["model"] != cfg.model.name_or_path:
         raise LlmftError(f"Checkpoint {where} was trained from model {state['model']!r}, but the config says "
                          f"{cfg.model.name_or_path!r}. Resume with the same model, or start a new run "
                          "from the exported model (llmft export) as model.name_or_path.")
-    if state["world_size"] != world_size or state["zero_stage"] != cfg.deepspeed.zero_stage:
-        raise LlmftError(f"Checkpoint {where} was saved by {state['world_size']} workers with ZeRO-{state['zero_stage']}; "
-                         f"this run has {world_size} workers with ZeRO-{cfg.deepspeed.zero_stage}. Sharded optimizer "
-                         "state cannot be resumed exactly across that change: resume with the same "
-                         "scaling.num_workers and deepspeed.zero_stage, or export the checkpoint and start a new run from it.")
+    if state["zero_stage"] != cfg.deepspeed.zero_stage:
+        raise LlmftError(f"Checkpoint {where} was saved with ZeRO-{state['zero_stage']}; this run has "
+                         f"ZeRO-{cfg.deepspeed.zero_stage}. Resume with the same deepspeed.zero_stage, or export "
+                         "the checkpoint and start a new run from it.")
 
 
 def find_checkpoints(run_dir: str | os.PathLike) -> list[str]:

@@ -45,13 +45,14 @@ def check_placement(cfg: Config) -> None:
     import ray
 
     total = ray.cluster_resources()
-    needs = {"CPU": cfg.scaling.num_workers * cfg.scaling.cpus_per_worker}
+    workers = cfg.world_sizes[0]  # an elastic run starts with what fits, down to its minimum
+    needs = {"CPU": workers * cfg.scaling.cpus_per_worker}
     if cfg.scaling.use_gpu:
-        needs["GPU"] = cfg.scaling.num_workers
+        needs["GPU"] = workers
     for name, amount in cfg.scaling.resources_per_worker.items():
-        needs[name] = needs.get(name, 0) + amount * cfg.scaling.num_workers
+        needs[name] = needs.get(name, 0) + amount * workers
     short = {k: (v, total.get(k, 0)) for k, v in needs.items() if total.get(k, 0) < v}
     if short:
         detail = ", ".join(f"{k}: needs {need:g}, cluster has {have:g}" for k, (need, have) in short.items())
-        raise LlmftError(f"The Ray cluster cannot place {cfg.scaling.num_workers} workers ({detail}). Lower "
+        raise LlmftError(f"The Ray cluster cannot place {workers} workers ({detail}). Lower "
                          "scaling.num_workers or scaling.cpus_per_worker, or add nodes.")

@@ -197,7 +197,12 @@ class DeepSpeedSection(_Section):
 class ScalingConfig(_Section):
     """How many Ray Train workers and what each gets."""
 
-    num_workers: int = Field(1, ge=1, description="Training workers (one per GPU on GPU clusters).")
+    num_workers: int | tuple[int, int] = Field(
+        1, description="Training workers (one per GPU on GPU clusters). `[min, max]` makes the run "
+        "elastic: Ray Train starts as many as the cluster can place, up to max, and when a node is "
+        "lost continues from the last checkpoint on the workers left (at least min). The global "
+        "batch stays the same; each worker accumulates more."
+    )
     use_gpu: bool = Field(False, description="Give each worker a GPU.")
     cpus_per_worker: float = Field(1, gt=0, description="CPUs Ray reserves per worker.")
     resources_per_worker: dict[str, float] = Field(
@@ -211,7 +216,12 @@ class ScalingConfig(_Section):
 class OutputConfig(_Section):
     """Where results go."""
 
-    dir: str = Field("outputs", description="Local folder or storage URI Ray accepts (s3://, gs://, a shared filesystem).")
+    dir: str = Field(
+        "outputs", description="Where runs go: a local folder, a shared filesystem mounted at the same path "
+        "on every node, or a storage URI (s3://bucket/prefix, gs://bucket/prefix; "
+        "s3://bucket/prefix?endpoint_override=http://host:port for S3-compatible stores). Checkpoints, "
+        "metrics.jsonl and the exported model all go there; on a multi-node cluster every node must reach it."
+    )
     run_name: str | None = Field(None, description="Run folder name under `dir`. Default: <task>-<model>-<time>.")
     keep_checkpoints: int = Field(2, ge=1, description="Best checkpoints to keep (the latest is kept too).")
     checkpoint_metric: str = Field("valid_loss", description="Metric that ranks checkpoints.")
@@ -253,24 +263,44 @@ class Config(_Section):
             raise ValueError("nvme offload needs deepspeed.nvme_path: a folder on a fast local disk")
         if isinstance(tr.epochs, int) and tr.epochs < 1:
             raise ValueError("training.epochs must be >= 1 or `auto`")
+        low, high = (sc.num_workers, sc.num_workers) if isinstance(sc.num_workers, int) else sc.num_workers
+        if not 1 <= low <= high:
+            raise ValueError(f"scaling.num_workers must be a positive count or [min, max] with 1 <= min <= max, "
+                             f"not {list(sc.num_workers) if isinstance(sc.num_workers, tuple) else sc.num_workers}")
         if isinstance(tr.global_batch_size, int):
-            per_pass = sc.num_workers * tr.micro_batch_size
+            per_pass = batch_multiple(self.world_sizes, tr.micro_batch_size)
             if tr.global_batch_size < 1 or tr.global_batch_size % per_pass:
+                sizes = "every worker count from scaling.num_workers" if low < high else "scaling.num_workers"
                 raise ValueError(
                     f"training.global_batch_size ({tr.global_batch_size}) must be a positive multiple of "
-                    f"scaling.num_workers x training.micro_batch_size = {sc.num_workers} x "
-                    f"{tr.micro_batch_size} = {per_pass}; e.g. set it to {max(1, round(tr.global_batch_size / per_pass)) * per_pass}"
+                    f"{sizes} x training.micro_batch_size ({', '.join(f'{w} x {tr.micro_batch_size}' for w in self.world_sizes)}), "
+                    f"i.e. of {per_pass}; e.g. set it to {max(1, round(tr.global_batch_size / per_pass)) * per_pass}"
                 )
         return self
 
     # Derived values: one definition each.
     @property
+    def world_sizes(self) -> list[int]:
+        """Every number of workers the run may have: one, or all of an elastic [min, max]."""
+        workers = self.scaling.num_workers
+        return [workers] if isinstance(workers, int) else list(range(workers[0], workers[1] + 1))
+
+    @property
     def world_size(self) -> int:
-        return self.scaling.num_workers
+        """The most workers the run uses (an elastic run may run on fewer)."""
+        return self.world_sizes[-1]
+
+    @property
+    def is_elastic(self) -> bool:
+        return len(self.world_sizes) > 1
+
+    def accumulation_steps(self, world_size: int) -> int:
+        """Micro-batches per worker per optimizer step: the global batch is the same at every size."""
+        return self.global_batch_size // (world_size * self.training.micro_batch_size)
 
     @property
     def gradient_accumulation_steps(self) -> int:
-        return self.global_batch_size // (self.world_size * self.training.micro_batch_size)
+        return self.accumulation_steps(self.world_size)
 
     @property
     def global_batch_size(self) -> int:
@@ -294,10 +324,15 @@ def resolve_auto(cfg: Config, num_train_examples: int) -> Config:
     if training.epochs == "auto":
         training.epochs = 4
     if training.global_batch_size == "auto":
-        per_pass = cfg.world_size * training.micro_batch_size
+        per_pass = batch_multiple(cfg.world_sizes, training.micro_batch_size)
         wanted = min(256, max(1, math.ceil(0.002 * num_train_examples)))
         training.global_batch_size = math.ceil(wanted / per_pass) * per_pass
     return cfg.model_copy(update={"training": training})
+
+
+def batch_multiple(world_sizes: list[int], micro_batch_size: int) -> int:
+    """The global batch must split evenly at every world size: a multiple of this."""
+    return math.lcm(*(w * micro_batch_size for w in world_sizes))
 
 
 # ---------------------------------------------------------------- loading YAML

@@ -198,7 +198,7 @@ def estimate(model_config: dict[str, Any], cfg: Config, gpu_memory_gb: float,
     arch = architecture(model_config)
     params, largest = count_parameters(arch), largest_layer_parameters(arch)
     dtype = training_dtype(cfg)
-    num_gpus = cfg.scaling.num_workers
+    num_gpus = cfg.world_size
     gpus_per_node = gpus_per_node or math.gcd(num_gpus, DEFAULT_GPUS_PER_NODE)
     num_nodes = math.ceil(num_gpus / gpus_per_node)
     setup = {

@@ -50,7 +50,7 @@ def run_eval(cfg: Config, *, model: str | None, split: str, limit: int | None, f
     started = time.perf_counter()
     predictions = generate_with_ray(
         prompts, model_path=model_path, stop_token=task.stop_token, max_new_tokens=max_new_tokens,
-        num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu, cpus_per_worker=cfg.scaling.cpus_per_worker,
+        num_workers=cfg.world_size, use_gpu=cfg.scaling.use_gpu, cpus_per_worker=cfg.scaling.cpus_per_worker,
         dtype=training_dtype(cfg), batch_size=batch_size, trust_remote_code=cfg.model.trust_remote_code,
         cache_dir=cfg.data.cache_dir)
     seconds = time.perf_counter() - started
@@ -64,7 +64,7 @@ def run_eval(cfg: Config, *, model: str | None, split: str, limit: int | None, f
         "data_hash": source_fingerprint(cfg, split), "config": cfg.model_dump(mode="json"),
         "predictions_file": storage.basename(predictions_path),
         "generation": {"seconds": seconds, "examples_per_second": len(examples) / max(seconds, 1e-9),
-                       "max_new_tokens": max_new_tokens, "workers": cfg.scaling.num_workers, "batch_size": batch_size},
+                       "max_new_tokens": max_new_tokens, "workers": cfg.world_size, "batch_size": batch_size},
     }
     lines = [json.dumps({"index": i, "prompt": ex.prompt, "reference": ex.reference, "prediction": pred, **detail})
              for i, (ex, pred, detail) in enumerate(zip(examples, predictions, per_example))]

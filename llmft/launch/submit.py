@@ -13,9 +13,10 @@ What is sent, and why:
   multi-GB environment on every node for every job, and `pip install -e .` of the working dir
   is not something a runtime_env can do; the uploaded source on PYTHONPATH shadows the
   installed package, so code changes travel with each submission without a rebuild.
-- Environment variables in `PASSTHROUGH_ENV` are passed only when set here. Their values are
-  never printed (only their names); note that Ray keeps a job's runtime_env, env vars included,
-  in the job's record, readable by whoever can reach the dashboard with the token.
+- Environment variables in `PASSTHROUGH_ENV` (and llmft's own `LLMFT_*` test switches) are
+  passed only when set here. Their values are never printed (only their names); note that Ray
+  keeps a job's runtime_env, env vars included, in the job's record, readable by whoever can
+  reach the dashboard with the token.
 
 The exit status is that of `llmft.launch.jobs` (0 SUCCEEDED, 1 FAILED, 130 STOPPED) when
 following, else 0 once the job is accepted.
@@ -208,6 +209,8 @@ def build_job_request(config_path: str, overrides: list[str] | tuple[str, ...] =
         )
     env_vars = {"PYTHONUNBUFFERED": "1"}
     env_vars.update({name: environ[name] for name in PASSTHROUGH_ENV if environ.get(name)})
+    # llmft's test switches (LLMFT_*) reach the job as `llmft train` hands them to its workers.
+    env_vars.update({name: value for name, value in environ.items() if name.startswith("LLMFT_")})
     relative_posix = relative.as_posix()
     return JobRequest(
         entrypoint=shlex.join(["llmft", "train", relative_posix, *overrides]),

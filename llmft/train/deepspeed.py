@@ -22,15 +22,20 @@ def training_dtype(cfg: Config) -> str:
     return "bfloat16" if cfg.scaling.use_gpu else "float32"
 
 
-def build_deepspeed_config(cfg: Config, hidden_size: int | None = None) -> dict[str, Any]:
-    """The resolved DeepSpeed config for `cfg`. `hidden_size` sizes ZeRO's buckets when known."""
-    generated = _generated(cfg, hidden_size)
-    if not cfg.deepspeed.config_file:
-        return generated
-    return _merge_user_file(cfg, generated, Path(cfg.deepspeed.config_file))
+def build_deepspeed_config(cfg: Config, hidden_size: int | None = None, world_size: int | None = None,
+                           load_universal: bool = False) -> dict[str, Any]:
+    """The resolved DeepSpeed config for `cfg` at `world_size` workers (default: the most the run
+    has). `hidden_size` sizes ZeRO's buckets when known. `load_universal` lets the engine load a
+    universal checkpoint (ZeRO states re-partitioned for another world size), and only that."""
+    config = _generated(cfg, hidden_size, world_size or cfg.world_size)
+    if cfg.deepspeed.config_file:
+        config = _merge_user_file(cfg, config, Path(cfg.deepspeed.config_file))
+    if load_universal:
+        config["checkpoint"] = {**config.get("checkpoint", {}), "load_universal": True}
+    return config
 
 
-def _generated(cfg: Config, hidden_size: int | None) -> dict[str, Any]:
+def _generated(cfg: Config, hidden_size: int | None, world_size: int) -> dict[str, Any]:
     ds = cfg.deepspeed
     dtype = training_dtype(cfg)
     zero: dict[str, Any] = {"stage": ds.zero_stage}
@@ -64,7 +69,7 @@ def _generated(cfg: Config, hidden_size: int | None) -> dict[str, Any]:
         zero["stage3_gather_16bit_weights_on_model_save"] = False
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": cfg.training.micro_batch_size,
-        "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+        "gradient_accumulation_steps": cfg.accumulation_steps(world_size),
         "train_batch_size": cfg.global_batch_size,
         "gradient_clipping": cfg.training.max_grad_norm or 0.0,
         "bf16": {"enabled": dtype == "bfloat16"},

@@ -142,7 +142,7 @@ def resolve_run(cfg: Config, resume: str | None) -> tuple[str, str | None]:
     from llmft.checkpoint import check_compatible, read_state
 
     path = resume if storage.is_uri(resume) else str(Path(resume).expanduser().resolve())
-    check_compatible(read_state(path), cfg, cfg.world_size, where=storage.shown(path))
+    check_compatible(read_state(path), cfg, where=storage.shown(path))
     name = (base or storage.basename(storage.parent(path))) + f"-resumed-{time.strftime('%Y%m%d-%H%M%S')}"
     return name, path
 

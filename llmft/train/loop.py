@@ -72,6 +72,8 @@ def train_loop_per_worker(inputs: WorkerInput) -> None:
 
     cfg = inputs.config
     context = ray.train.get_context()
+    # An elastic run may have fewer workers than it started with: the global batch stays the
+    # same and each worker accumulates more.
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = torch.device("cuda", context.get_local_rank()) if cfg.scaling.use_gpu else torch.device("cpu")
     if device.type == "cuda":
@@ -85,7 +87,7 @@ def train_loop_per_worker(inputs: WorkerInput) -> None:
     # DeepSpeed calls torch.distributed APIs that torch deprecates, once per collective: hundreds
     # of identical warnings per step would bury the progress lines.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
-    hooks = TraceAndFaultHooks(rank)
+    hooks = TraceAndFaultHooks(rank, world_size)
 
     # ------------------------------------------------------------------ data
     # The driver tokenized and cached the data once; Ray's object store ships it to each node.
@@ -99,7 +101,12 @@ def train_loop_per_worker(inputs: WorkerInput) -> None:
 
     # ------------------------------------------------------------------ model
     tokenizer = load_task_tokenizer(cfg)
-    ds_config = build_deepspeed_config(cfg, hidden_size=inputs.hidden_size)
+    # The checkpoint to start from is chosen before the engine is built: one of another world
+    # size loads as a universal checkpoint, which the engine must know. The position is read
+    # from the checkpoint's own contents, never from Ray's bookkeeping.
+    checkpoint = ckpt.newest(ray.train.get_checkpoint(), inputs.resume_path, inputs.run_dir)
+    ds_config = build_deepspeed_config(cfg, hidden_size=inputs.hidden_size, world_size=world_size,
+                                       load_universal=ckpt.needs_resharding(checkpoint, world_size))
     model = load_model(cfg, tokenizer, ds_config, getattr(torch, training_dtype(cfg)))
     num_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3 partitions
     optimizer = None if "optimizer" in ds_config else build_optimizer(model, cfg)
@@ -114,10 +121,9 @@ def train_loop_per_worker(inputs: WorkerInput) -> None:
                   "block_mask": cfg.model.attn_implementation != "flash_attention_2"}
 
     # ------------------------------------------------------------------ resume
-    # Read the position from the checkpoint's own contents: after a restart Ray may hand back
-    # an older checkpoint than the last one reported.
-    checkpoint = ckpt.newest(ray.train.get_checkpoint(), inputs.resume_path)
-    start = ckpt.restore(engine, checkpoint, cfg, world_size=world_size, rank=rank)
+    start = ckpt.restore(engine, checkpoint, cfg, world_size=world_size, rank=rank,
+                         local_rank=context.get_local_rank())
+    hooks.record_states(engine, "restored", start.global_step)
     global_step, epoch, skip = start.global_step, start.epoch, start.step_in_epoch
     logger = MetricsLogger(cfg, run_dir=inputs.run_dir, enabled=rank == 0, total_steps=total_steps,
                            resumed_at=global_step)
@@ -171,6 +177,7 @@ def train_loop_per_worker(inputs: WorkerInput) -> None:
                     position = ckpt.Position(global_step=global_step, epoch=epoch + epoch_end,
                                              step_in_epoch=0 if epoch_end else step_in_epoch + 1)
                     ckpt.save_and_report(engine, tokenizer, cfg, position, metrics, rank=rank, world_size=world_size)
+                    hooks.record_states(engine, "saved", global_step)
                 else:
                     ray.train.report(metrics)
             if last:

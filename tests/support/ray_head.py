@@ -51,8 +51,27 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_local_head(num_cpus: int = 2, temp_root: str | None = None, timeout_s: float = 90) -> LocalHead:
+def node_args(temp_dir: Path, num_cpus: int) -> list[str]:
+    """`ray start` flags every node needs to share a machine: its own temp dir and resources, and
+    every port chosen free (the fixed defaults would collide with another node on the machine)."""
+    return [
+        "--temp-dir", str(temp_dir),
+        "--num-cpus", str(num_cpus),
+        "--num-gpus", "0",
+        "--node-manager-port", str(free_port()),
+        "--object-manager-port", str(free_port()),
+        "--dashboard-agent-listen-port", str(free_port()),
+        "--dashboard-agent-grpc-port", str(free_port()),
+        "--runtime-env-agent-port", str(free_port()),
+        "--metrics-export-port", str(free_port()),
+        "--disable-usage-stats",
+    ]
+
+
+def start_local_head(num_cpus: int = 2, temp_root: str | None = None, timeout_s: float = 90,
+                     env: dict[str, str] | None = None) -> LocalHead:
     """Start a Ray head bound to 127.0.0.1 with token auth and wait until its Jobs API answers.
+    `env` is added to the environment of the head's processes (its jobs and workers inherit it).
 
     Its working directory is its temp dir, so a job submitted without a working_dir does not
     silently run against whatever folder the caller happened to be in.
@@ -67,7 +86,8 @@ def start_local_head(num_cpus: int = 2, temp_root: str | None = None, timeout_s:
     client_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
     # Without this, `ray start` replaces 127.0.0.1 by the machine's routable IP; Ray's single-node
     # mode (meant for macOS and Windows) keeps every node address on loopback.
-    env = {**os.environ, **client_env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    head_env = env or {}
+    env = {**os.environ, **head_env, **client_env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
            # Metrics endpoints with fixed default ports (44217, 44227) would collide across heads.
            "AUTOSCALER_METRIC_PORT": str(free_port()), "DASHBOARD_METRIC_PORT": str(free_port())}
     for name in ("RAY_ADDRESS", "RAY_AUTH_TOKEN"):
@@ -79,18 +99,8 @@ def start_local_head(num_cpus: int = 2, temp_root: str | None = None, timeout_s:
         "--dashboard-host", LOOPBACK,
         "--dashboard-port", str(dashboard_port),
         "--include-dashboard", "true",
-        "--temp-dir", str(temp_dir),
-        "--num-cpus", str(num_cpus),
-        "--num-gpus", "0",
-        # Fixed default ports would collide with another head on the same machine.
         "--ray-client-server-port", str(free_port()),
-        "--node-manager-port", str(free_port()),
-        "--object-manager-port", str(free_port()),
-        "--dashboard-agent-listen-port", str(free_port()),
-        "--dashboard-agent-grpc-port", str(free_port()),
-        "--runtime-env-agent-port", str(free_port()),
-        "--metrics-export-port", str(free_port()),
-        "--disable-usage-stats",
+        *node_args(temp_dir, num_cpus),
     ]
     log_path = temp_dir / "ray-start.log"
     with log_path.open("wb") as log:
@@ -117,19 +127,24 @@ def start_local_head(num_cpus: int = 2, temp_root: str | None = None, timeout_s:
 
 def stop_local_head(head: LocalHead, grace_s: float = 20) -> None:
     """Stop the head and everything it started (and only that), then remove its temp dir."""
+    stop_ray_start(head.process, grace_s)
+    shutil.rmtree(head.temp_dir, ignore_errors=True)
+
+
+def stop_ray_start(process: subprocess.Popen, grace_s: float) -> None:
+    """End a `ray start --block` process and every process under it: SIGTERM first, which lets it
+    shut its node down in order (raylet, GCS, dashboard), then SIGKILL whatever is left."""
     try:
-        root = psutil.Process(head.process.pid)
-        started = root.children(recursive=True)
+        started = psutil.Process(process.pid).children(recursive=True)
     except psutil.NoSuchProcess:
         started = []
-    if head.process.poll() is None:
-        # SIGTERM lets `ray start --block` shut its node down in order (raylet, GCS, dashboard).
-        head.process.send_signal(signal.SIGTERM)
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
         try:
-            head.process.wait(timeout=grace_s)
+            process.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
-            head.process.kill()
-            head.process.wait()
+            process.kill()
+            process.wait()
     _, alive = psutil.wait_procs(started, timeout=5)
     for proc in alive:
         try:
@@ -137,7 +152,6 @@ def stop_local_head(head: LocalHead, grace_s: float = 20) -> None:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(alive, timeout=5)
-    shutil.rmtree(head.temp_dir, ignore_errors=True)
 
 
 def _ray_executable() -> str:

@@ -116,6 +116,20 @@ def test_auto_values_follow_openai_defaults(tmp_path):
     assert resolve_auto(cfg, 1000).num_epochs == 4
 
 
+def test_elastic_workers_keep_one_global_batch_at_every_size(tmp_path):
+    path = write(tmp_path, MINIMAL + "scaling: {num_workers: [2, 4]}\ntraining: {micro_batch_size: 2, global_batch_size: 24}\n")
+    cfg = load_config(path)
+    assert cfg.scaling.num_workers == (2, 4) and cfg.world_sizes == [2, 3, 4] and cfg.world_size == 4
+    assert [cfg.accumulation_steps(w) for w in cfg.world_sizes] == [6, 4, 3]
+    # 16 splits over 2 and 4 workers but not over 3: every size in the range counts.
+    with pytest.raises(LlmftError, match=r"every worker count.*i\.e\. of 24"):
+        load_config(path, ["training.global_batch_size=16"])
+    with pytest.raises(LlmftError, match="1 <= min <= max"):
+        load_config(path, ["scaling.num_workers=[3,2]"])
+    auto = load_config(path, ["training.global_batch_size=auto"])
+    assert resolve_auto(auto, 1000).training.global_batch_size == 24  # 0.2% = 2, rounded up to lcm(4, 6, 8)
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "llmft.cli", *args], capture_output=True, text=True, cwd=REPO)
 

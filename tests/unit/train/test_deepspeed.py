@@ -24,6 +24,15 @@ def test_batch_sizes_and_clipping_come_from_the_llmft_config():
     assert ds["gradient_clipping"] == 0.5
 
 
+def test_accumulation_follows_the_actual_world_size_and_universal_loading_is_opt_in():
+    elastic = config(num_workers=(1, 2))
+    assert build_deepspeed_config(elastic)["gradient_accumulation_steps"] == 2  # the most workers
+    shrunk = build_deepspeed_config(elastic, world_size=1, load_universal=True)
+    assert (shrunk["train_batch_size"], shrunk["gradient_accumulation_steps"]) == (8, 4)
+    assert shrunk["checkpoint"] == {"load_universal": True}
+    assert "checkpoint" not in build_deepspeed_config(elastic, world_size=1)
+
+
 def test_precision_follows_the_device_unless_set():
     assert training_dtype(config()) == "float32"
     assert training_dtype(config(use_gpu=True)) == "bfloat16"
