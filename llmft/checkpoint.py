@@ -1,17 +1,19 @@
-"""Checkpoints: save and restore a run exactly, and export a Hugging Face model.
+"""Checkpoints: save and restore a run exactly; tell a complete checkpoint from a partial one.
 
 A checkpoint folder, as Ray Train persists it (each worker's files merged into one folder):
 
-    deepspeed/            DeepSpeed's sharded model, optimizer and scheduler state (tag "deepspeed")
-    rng_rank<R>.pt        each worker's RNG states
-    model/                the model's config.json (vocabulary already resized)
-    tokenizer/            the tokenizer with the task's special tokens
-    llmft_state.json      data position, world size, config; written last, so its presence
-                          means the folder is complete
+    deepspeed/               DeepSpeed's sharded model, optimizer and scheduler state (tag "deepspeed")
+    rng_rank<R>.pt           each worker's RNG states
+    model/                   the model's config.json (vocabulary already resized)
+    tokenizer/               the tokenizer with the task's special tokens
+    llmft_state.json         data position, world size, ZeRO stage, config (rank 0)
+    manifest_rank<R>.json    every file worker R wrote, with its size and a checksum; written last
 
-Ray registers a checkpoint only once `ray.train.report` has persisted it, so a crash while saving
-leaves the previous checkpoint as the latest; `restore` also refuses a folder without
-`llmft_state.json`.
+Every worker uploads its own files, and neither Ray nor the storage keeps an order among them
+(uploads run in threads, one worker may finish while another dies), so no single "last file"
+can mark a folder complete. A checkpoint counts only when `llmft_state.json` is there, each of
+its `world_size` manifests is, and every file a manifest lists is there with the listed size and
+checksum. The check reads through a pyarrow filesystem: local disk and a bucket alike.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ import os
 import random
 import shutil
 import tempfile
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -37,6 +40,14 @@ from llmft.files import write_text_atomic
 
 STATE_FILE = "llmft_state.json"
 DEEPSPEED_TAG = "deepspeed"
+# A full checksum would read a whole checkpoint back (hundreds of GB for a 70B model, from a
+# bucket at every resume); the first, middle and last MiB of each file catch a truncated, cut
+# short or half-overwritten file at the cost of three ranged reads. Files up to 3 MiB are read whole.
+CHECKSUM_SPAN = 1 << 20
+
+
+def manifest_name(rank: int) -> str:
+    return f"manifest_rank{rank}.json"
 
 
 @dataclass
@@ -48,25 +59,64 @@ class Position:
     step_in_epoch: int = 0
 
 
+def save(engine, tokenizer, cfg: Config, position: Position, metrics: dict[str, Any], folder: Path, *,
+         rank: int, world_size: int) -> None:
+    """Write this worker's part of a checkpoint into `folder`, its manifest last."""
+    engine.save_checkpoint(str(folder), tag=DEEPSPEED_TAG, save_latest=False)  # collective: every rank
+    torch.save(_rng_states(), folder / f"rng_rank{rank}.pt")
+    if rank == 0:
+        engine.module.config.save_pretrained(folder / "model")
+        tokenizer.save_pretrained(folder / "tokenizer")
+        write_state(folder, cfg, position, metrics, world_size=world_size)
+    write_manifest(folder, rank=rank, world_size=world_size)
+
+
 def save_and_report(engine, tokenizer, cfg: Config, position: Position, metrics: dict[str, Any], *,
-                    rank: int, world_size: int) -> None:
-    """Every worker saves its shards to a local folder; Ray merges and persists them."""
+                    rank: int, world_size: int, upload: Callable | None = None) -> None:
+    """Every worker saves its part to a local folder; Ray uploads each part into the checkpoint
+    folder and registers the checkpoint once all uploads returned. `upload` replaces Ray's
+    upload (`ray.train.report`'s `checkpoint_upload_fn`); only the fault-injection tests set it."""
     import ray.train
 
     folder = Path(tempfile.mkdtemp(prefix="llmft-checkpoint-"))
     try:
-        engine.save_checkpoint(str(folder), tag=DEEPSPEED_TAG, save_latest=False)
-        torch.save(_rng_states(), folder / f"rng_rank{rank}.pt")
-        if rank == 0:
-            engine.module.config.save_pretrained(folder / "model")
-            tokenizer.save_pretrained(folder / "tokenizer")
-            state = {"position": asdict(position), "world_size": world_size,
-                     "zero_stage": cfg.deepspeed.zero_stage, "model": cfg.model.name_or_path,
-                     "task": cfg.data.task, "metrics": metrics, "config": cfg.model_dump(mode="json")}
-            write_text_atomic(folder / STATE_FILE, json.dumps(state, indent=2))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
+        save(engine, tokenizer, cfg, position, metrics, folder, rank=rank, world_size=world_size)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)),
+                         checkpoint_upload_fn=upload)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def write_state(folder: Path, cfg: Config, position: Position, metrics: dict[str, Any], *, world_size: int) -> None:
+    """`llmft_state.json`: where the run is, and what a resume must match."""
+    state = {"position": asdict(position), "world_size": world_size,
+             "zero_stage": cfg.deepspeed.zero_stage, "model": cfg.model.name_or_path,
+             "task": cfg.data.task, "metrics": metrics, "config": cfg.model_dump(mode="json")}
+    write_text_atomic(folder / STATE_FILE, json.dumps(state, indent=2))
+
+
+def write_manifest(folder: Path, *, rank: int, world_size: int) -> None:
+    """List every file under `folder` (this worker's part) with its size and checksum."""
+    import pyarrow.fs as pafs
+
+    fs = pafs.LocalFileSystem()
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        size = path.stat().st_size
+        files[path.relative_to(folder).as_posix()] = {"size": size, "crc32": checksum(fs, str(path), size)}
+    write_text_atomic(folder / manifest_name(rank),
+                      json.dumps({"rank": rank, "world_size": world_size, "files": files}, indent=1))
+
+
+def checksum(fs, path: str, size: int) -> str:
+    """CRC32 of the first, middle and last `CHECKSUM_SPAN` bytes (all of a small file)."""
+    spans = [(0, size)] if size <= 3 * CHECKSUM_SPAN else \
+        [(0, CHECKSUM_SPAN), (size // 2, CHECKSUM_SPAN), (size - CHECKSUM_SPAN, CHECKSUM_SPAN)]
+    crc = 0
+    with fs.open_input_file(path) as f:
+        for offset, length in spans:
+            crc = zlib.crc32(f.read_at(length, offset), crc)
+    return f"{crc:08x}"
 
 
 def needs_resharding(checkpoint, world_size: int) -> bool:
@@ -148,11 +198,17 @@ def newest(ray_checkpoint, resume_path: str | None, run_dir: str):
     a node loss it gave step 2 when step 4 was complete in the bucket)."""
     import ray.train
 
-    candidates = [ray_checkpoint] if ray_checkpoint is not None else []
-    candidates += [ray.train.Checkpoint(path) for path in (resume_path, *find_checkpoints(run_dir)[-1:]) if path]
-    if not candidates:
-        return None
-    return max(candidates, key=lambda c: checkpoint_state(c)["position"]["global_step"])
+    candidates = []  # (step, checkpoint)
+    if ray_checkpoint is not None:
+        try:
+            candidates.append((checkpoint_state(ray_checkpoint)["position"]["global_step"], ray_checkpoint))
+        except LlmftError as error:  # never start from a folder that does not check out, whoever names it
+            print(f"llmft: not resuming from Ray's checkpoint: {error}", flush=True)
+    for path in (resume_path, *find_checkpoints(run_dir)[-1:]):
+        if path:
+            checkpoint = ray.train.Checkpoint(path)
+            candidates.append((checkpoint_state(checkpoint)["position"]["global_step"], checkpoint))
+    return max(candidates, key=lambda item: item[0])[1] if candidates else None
 
 
 def read_state(folder: str | os.PathLike) -> dict[str, Any]:
@@ -167,40 +223,64 @@ def checkpoint_state(checkpoint) -> dict[str, Any]:
 
 
 def _read_state(fs, path: str, shown: str) -> dict[str, Any]:
+    state, found = _problems(fs, path, shown)
+    if found:
+        listed = "; ".join(found[:3]) + (f"; and {len(found) - 3} more" if len(found) > 3 else "")
+        raise LlmftError(f"{shown} is not a complete llmft checkpoint: {listed}. Each worker uploads its own "
+                         "files and lists them in a manifest written last, so this save was interrupted (or this "
+                         "is another folder). Use an earlier checkpoint of the run.")
+    return state
+
+
+def problems(folder: str | os.PathLike) -> tuple[dict[str, Any] | None, list[str]]:
+    """The checkpoint's state and what keeps it from being complete (nothing when it is)."""
+    fs, path = storage.resolve(folder)
+    return _problems(fs, path, storage.shown(str(folder)))
+
+
+def _problems(fs, path: str, shown: str) -> tuple[dict[str, Any] | None, list[str]]:
     import pyarrow.fs as pafs
 
+    root = path.rstrip("/")
     try:
         found = fs.get_file_info(path).type == pafs.FileType.Directory
         infos = fs.get_file_info(pafs.FileSelector(path, recursive=True)) if found else []
     except OSError as exc:
-        raise LlmftError(f"Checkpoint {shown} cannot be read: {exc}") from None
-    files = {info.path[len(path.rstrip("/")) + 1:] for info in infos if info.type == pafs.FileType.File}
+        raise LlmftError(f"Checkpoint {shown or path} cannot be read: {exc}") from None
     if not found:
-        raise LlmftError(f"Checkpoint {shown} does not exist. Give a checkpoint folder, "
+        raise LlmftError(f"Checkpoint {shown or path} does not exist. Give a checkpoint folder, "
                          "e.g. outputs/<run>/checkpoint_<time>/ (`ls outputs/<run>` lists them).")
-    if STATE_FILE not in files:
-        raise LlmftError(f"{shown} is not a complete llmft checkpoint: {STATE_FILE} is missing "
-                         "(it is written last, so the save was interrupted or this is another folder).")
-    with fs.open_input_stream(f"{path.rstrip('/')}/{STATE_FILE}") as stream:
-        text = stream.read().decode("utf-8")
+    sizes = {info.path[len(root) + 1:]: info.size for info in infos if info.type == pafs.FileType.File}
+    if STATE_FILE not in sizes:
+        return None, [f"{STATE_FILE} is missing"]
     try:
-        state = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise LlmftError(f"{shown}/{STATE_FILE} is corrupt (invalid JSON at line {exc.lineno}); use an earlier checkpoint.") from None
-    missing = [name for name in rank_files(state) if name not in files]
-    if missing:
-        raise LlmftError(f"{shown} is not a complete llmft checkpoint: {', '.join(missing[:3])} missing (each "
-                         "worker uploads its own shards, and this save was interrupted). Use an earlier checkpoint.")
-    return state
+        state = _read_json(fs, f"{root}/{STATE_FILE}")
+    except ValueError:
+        return None, [f"{STATE_FILE} is corrupt (not valid JSON)"]
+    missing = []
+    for rank in range(int(state.get("world_size", 1))):
+        name = manifest_name(rank)
+        if name not in sizes:
+            missing.append(f"{name} is missing")
+            continue
+        try:
+            listed = _read_json(fs, f"{root}/{name}")["files"]
+        except (ValueError, KeyError):
+            missing.append(f"{name} is corrupt")
+            continue
+        for rel, entry in listed.items():
+            if rel not in sizes:
+                missing.append(f"{rel} is missing")
+            elif sizes[rel] != entry["size"]:
+                missing.append(f"{rel} has {sizes[rel]} bytes, its manifest says {entry['size']}")
+            elif checksum(fs, f"{root}/{rel}", sizes[rel]) != entry["crc32"]:
+                missing.append(f"{rel} does not match its manifest's checksum")
+    return state, missing
 
 
-def rank_files(state: dict[str, Any]) -> list[str]:
-    """Per-worker files a complete checkpoint has: Ray merges each worker's upload separately."""
-    expected = [f"rng_rank{rank}.pt" for rank in range(state["world_size"])]
-    if state["zero_stage"] >= 1:
-        expected += [f"{DEEPSPEED_TAG}/zero_pp_rank_{rank}_mp_rank_00_optim_states.pt"
-                     for rank in range(state["world_size"])]
-    return expected
+def _read_json(fs, path: str) -> dict[str, Any]:
+    with fs.open_input_stream(path) as stream:
+        return json.loads(stream.read())
 
 
 def is_complete(folder: str | os.PathLike) -> bool:

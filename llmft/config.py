@@ -235,7 +235,7 @@ class LoggingConfig(_Section):
     progress_bar: bool = Field(True, description="Progress bar with step, loss and throughput on rank 0.")
     log_every_steps: int = Field(1, ge=1, description="Write train metrics every N optimizer steps.")
     tensorboard: bool = Field(False, description="Also write TensorBoard event files (needs the `tracking` extra).")
-    mlflow_tracking_uri: str | None = Field(None, description="Also log to this MLflow tracking URI.")
+    mlflow_tracking_uri: str | None = Field(None, description="Also log to this MLflow tracking URI: a server (http://...), a database (sqlite:///...) or a local folder such as ./mlruns (needs the `tracking` extra).")
 
 
 class Config(_Section):

@@ -23,4 +23,8 @@ def absolute_paths(cfg: Config) -> Config:
     output = cfg.output.model_copy(update={"dir": cfg.output.dir if is_uri(cfg.output.dir)
                                            else str(Path(cfg.output.dir).expanduser().resolve())})
     ds = cfg.deepspeed.model_copy(update={"config_file": absolute(cfg.deepspeed.config_file)})
-    return cfg.model_copy(update={"model": model, "data": data, "output": output, "deepspeed": ds})
+    tracking = cfg.logging.mlflow_tracking_uri
+    if tracking and "://" not in tracking and not tracking.startswith("file:"):  # a folder, e.g. ./mlruns
+        tracking = str(Path(tracking).expanduser().resolve())
+    logging = cfg.logging.model_copy(update={"mlflow_tracking_uri": tracking})
+    return cfg.model_copy(update={"model": model, "data": data, "output": output, "deepspeed": ds, "logging": logging})

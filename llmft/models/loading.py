@@ -33,6 +33,7 @@ def load_model(cfg: Config, tokenizer: PreTrainedTokenizerBase, ds_config: dict 
     - `dtype` defaults to the training dtype of the config (float32 on CPU).
     """
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     from llmft.train.deepspeed import training_dtype, zero_stage_of
@@ -56,7 +57,7 @@ def load_model(cfg: Config, tokenizer: PreTrainedTokenizerBase, ds_config: dict 
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=dtype, attn_implementation=cfg.model.attn_implementation,
             trust_remote_code=cfg.model.trust_remote_code)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: a truncated or corrupt weights file
         raise LlmftError(unloadable_message(cfg, "model.name_or_path", source, "model", exc)) from None
     model.llmft_hf_ds_config = hf_ds_config
 

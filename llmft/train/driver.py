@@ -132,12 +132,13 @@ def resolve_run(cfg: Config, resume: str | None) -> tuple[str, str | None]:
         if base is None:
             raise LlmftError("`--resume latest` needs output.run_name (the run to continue); pass it as an "
                              f"override, e.g. output.run_name=<folder under {storage.shown(cfg.output.dir)}>.")
-        from llmft.checkpoint import find_checkpoints
+        from llmft.checkpoint import check_compatible, find_checkpoints, read_state
 
         complete = find_checkpoints(join(cfg.output.dir, base))
         if not complete:
             raise LlmftError(f"`--resume latest`: {storage.shown(join(cfg.output.dir, base))} holds no complete "
                              "checkpoint to resume from.")
+        check_compatible(read_state(complete[-1]), cfg, where=storage.shown(complete[-1]))  # in seconds, not in a worker
         return base, complete[-1]
     from llmft.checkpoint import check_compatible, read_state
 

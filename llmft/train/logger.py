@@ -56,6 +56,10 @@ class MetricsLogger:
         if cfg.logging.mlflow_tracking_uri:
             import mlflow
 
+            if "://" not in cfg.logging.mlflow_tracking_uri or cfg.logging.mlflow_tracking_uri.startswith("file:"):
+                # A folder: MLflow 3 keeps its file store only in maintenance mode and refuses it
+                # unless this is set; the user asked for a folder, so honour it.
+                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
             mlflow.set_tracking_uri(cfg.logging.mlflow_tracking_uri)
             mlflow.start_run(run_name=storage.basename(run_dir))
             mlflow.log_params({k: str(v) for k, v in cfg.dotted_values.items()})

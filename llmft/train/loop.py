@@ -117,6 +117,7 @@ def train_loop_per_worker(inputs: WorkerInput) -> None:
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, total_steps)),
         config=ds_config,
     )
+    hooks.watch(engine.module)
     batch_args = {"pad_id": tokenizer.pad_token_id, "device": device,
                   "block_mask": cfg.model.attn_implementation != "flash_attention_2"}
 
@@ -137,9 +138,9 @@ def train_loop_per_worker(inputs: WorkerInput) -> None:
             scale = loss_scale(world_size, trained_tokens(train_data, plan[step_in_epoch]))
             micro_batches = worker_micro_batches(plan[step_in_epoch], rank=rank, world_size=world_size,
                                                  micro_batch_size=cfg.training.micro_batch_size)
-            hooks.record_examples(global_step + 1, epoch, micro_batches)
             step_stats = TokenStats()
-            for rows in micro_batches:
+            for micro, rows in enumerate(micro_batches):
+                hooks.feeding(global_step + 1, epoch, micro, rows)
                 loss_sum, stats = forward_loss(engine, train_data, rows, **batch_args)
                 engine.backward(loss_sum * scale, scale_wrt_gas=False)
                 engine.step()  # steps optimizer and scheduler only at the accumulation boundary
@@ -176,7 +177,8 @@ def train_loop_per_worker(inputs: WorkerInput) -> None:
                     logger.sync()  # a run in a bucket: its metrics arrive before the checkpoint after them
                     position = ckpt.Position(global_step=global_step, epoch=epoch + epoch_end,
                                              step_in_epoch=0 if epoch_end else step_in_epoch + 1)
-                    ckpt.save_and_report(engine, tokenizer, cfg, position, metrics, rank=rank, world_size=world_size)
+                    ckpt.save_and_report(engine, tokenizer, cfg, position, metrics, rank=rank, world_size=world_size,
+                                         upload=hooks.checkpoint_upload(global_step))
                     hooks.record_states(engine, "saved", global_step)
                 else:
                     ray.train.report(metrics)

@@ -7,8 +7,8 @@ runs the cluster's installed llmft instead of the submitted source; `--follow` e
 that do not match the job's end (SUCCEEDED 0, FAILED 1, STOPPED 130); `jobs stop` that does not
 stop; an unknown job id or a dead address that hangs or prints a traceback instead of exit 2;
 token auth that breaks the SDK, or a token / HF_TOKEN printed; the tiny training config failing
-under Ray Jobs (through llmft or plain Ray), or a job stopped mid-training leaving a half-written
-checkpoint that `--resume latest` then trips over.
+under Ray Jobs (through llmft or plain Ray), or a job stopped mid-training that `--resume latest`
+cannot continue step for step.
 
 The head is stopped in a finally by `stop_local_head`, which ends only the processes it started
 (`ray stop` would kill every Ray process of the user on the machine).
@@ -107,7 +107,8 @@ def test_submitted_source_and_working_dir_are_what_the_job_sees(client_env, caps
     assert code == 0, out
     seen = json.loads(next(line for line in out.splitlines() if line.startswith("PROBE "))[6:])
     assert seen["configs"] and not seen["cache"] and not seen["outputs"] and not seen["git"]
-    # The uploaded copy, not the installed (editable) /work/main package, is what the job imports.
+    # The uploaded copy, not the llmft installed in the environment (an editable install of this
+    # checkout), is what the job imports.
     assert seen["llmft"].startswith(seen["cwd"]) and not seen["llmft"].startswith(str(REPO)), seen
 
 
@@ -226,7 +227,7 @@ def test_training_stopped_mid_way_resumes_from_a_complete_checkpoint(client_env,
         assert status in ("PENDING", "RUNNING"), f"the job ended ({status}) before its first checkpoint"
         assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
         time.sleep(1)
-    time.sleep(2)  # likely inside the next save: the stop must not leave it counted as latest
+    # Stopped wherever it is (the exact phases of a save cut short are tested in test_checkpoint_e2e.py).
     stopped = run_cli(head, "jobs", "stop", "e2e-stopped-training", timeout=120)
     assert stopped.returncode == 0 and "STOPPED" in stopped.stdout, stopped.stdout + stopped.stderr
     assert job_status("e2e-stopped-training") == "STOPPED"

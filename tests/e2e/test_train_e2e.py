@@ -61,19 +61,23 @@ def test_cli_trains_tiny_viggo_with_two_workers_and_zero3(tiny_model_dir, tmp_pa
         json.loads((exported / "llmft_export.json").read_text())["stop_token"])
 
 
-def _losses_and_weights(run_dir: Path):
+def _metrics_and_weights(run_dir: Path):
     from safetensors.torch import load_file
 
-    losses = [r["train_loss"] for r in read_metrics(run_dir) if "train_loss" in r]
+    records = [r for r in read_metrics(run_dir) if "train_loss" in r]
     weights = {}
     for shard in sorted((run_dir / "model").glob("*.safetensors")):
         weights.update(load_file(shard))
-    return losses, weights
+    return [r["train_loss"] for r in records], [r.get("grad_norm") for r in records], weights
 
 
 def test_batch_split_and_zero_stage_do_not_change_the_training(ray_session, tiny_model_dir, tmp_path):
+    """Losses, gradient norms before clipping, and the exported weights (ZeRO-3 and ZeRO-2
+    checkpoints) agree however the global batch is split. AdamW with clipping hides a constant
+    factor on the gradient in the losses and weights; the gradient norm shows it."""
     common = ["training.max_steps=6", "training.global_batch_size=8", "training.eval_every_steps=null",
-              "training.checkpoint_every_steps=null", "data.valid=null"]
+              "training.checkpoint_every_steps=null", "training.generation_eval_every_steps=null", "data.valid=null",
+              "logging.progress_bar=false"]
     runs = {
         "2x2x2-zero3": ["scaling.num_workers=2", "training.micro_batch_size=2", "deepspeed.zero_stage=3"],
         "1x8x1-zero3": ["scaling.num_workers=1", "training.micro_batch_size=8", "deepspeed.zero_stage=3"],
@@ -82,14 +86,44 @@ def test_batch_split_and_zero_stage_do_not_change_the_training(ray_session, tiny
     results = {}
     for name, extra in runs.items():
         cfg = tiny_config(tiny_model_dir, tmp_path, f"output.run_name={name}", *common, *extra)
-        results[name] = _losses_and_weights(Path(run_training(cfg)))
-    base_losses, base_weights = results["2x2x2-zero3"]
-    assert len(base_losses) == 6
-    for name, (losses, weights) in results.items():
+        results[name] = _metrics_and_weights(Path(run_training(cfg)))
+    base_losses, base_norms, base_weights = results["2x2x2-zero3"]
+    assert len(base_losses) == 6 and all(norm is not None and norm > 0 for norm in base_norms)
+    for name, (losses, norms, weights) in results.items():
         assert losses == pytest.approx(base_losses, rel=1e-4, abs=1e-5), name
+        assert norms == pytest.approx(base_norms, rel=1e-4), name
         assert weights.keys() == base_weights.keys()
         for key in base_weights:
             torch.testing.assert_close(weights[key], base_weights[key], rtol=1e-3, atol=1e-4, msg=f"{name}: {key}")
+
+
+def test_plain_sgd_moves_the_weights_the_same_for_any_batch_split(ray_session, tiny_model_dir, tmp_path):
+    """Plain SGD without clipping, named in a DeepSpeed JSON (DeepSpeed builds `torch.optim.SGD`
+    from it): the update is lr x gradient, so a gradient off by a constant factor (e.g. the loss
+    not scaled by the world size) moves the weights by that factor. Also exports a ZeRO-0
+    checkpoint (the 1-worker run), compared with the 2-worker ZeRO-3 one."""
+    from safetensors.torch import load_file
+
+    ds_json = tmp_path / "sgd.json"
+    ds_json.write_text(json.dumps({"optimizer": {"type": "SGD", "params": {"lr": 0.5}},
+                                   "zero_optimization": {"stage": "auto"}}))
+    common = ["training.max_steps=3", "training.global_batch_size=8", "training.eval_every_steps=null",
+              "training.checkpoint_every_steps=null", "training.generation_eval_every_steps=null", "data.valid=null",
+              "training.max_grad_norm=null", "training.lr_schedule=constant", "training.warmup_steps=0",
+              f"deepspeed.config_file={ds_json}", "logging.progress_bar=false"]
+    runs = {"2x2x2-zero3": ["scaling.num_workers=2", "training.micro_batch_size=2", "deepspeed.zero_stage=3"],
+            "1x8x1-zero0": ["scaling.num_workers=1", "training.micro_batch_size=8", "deepspeed.zero_stage=0"]}
+    initial = load_file(tiny_model_dir / "model.safetensors")
+    moved = {}
+    for name, extra in runs.items():
+        _, _, weights = _metrics_and_weights(Path(run_training(
+            tiny_config(tiny_model_dir, tmp_path, f"output.run_name={name}", *common, *extra))))
+        # The original rows only: new task-token rows start at a mean that is not in `initial`.
+        moved[name] = {key: weights[key][:value.shape[0]] - value for key, value in initial.items()}
+    two, one = moved["2x2x2-zero3"], moved["1x8x1-zero0"]
+    assert two["model.embed_tokens.weight"].abs().max() > 1e-3  # the steps really moved the weights
+    for key in two:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-3, atol=1e-6, msg=key)
 
 
 def test_user_errors_fail_fast(tiny_model_dir, tmp_path):

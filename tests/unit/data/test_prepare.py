@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-import pytest
 
 from llmft.data.prepare import build_report, run_prepare
-from llmft.errors import LlmftError
 from tests.support.tiny_tokenizer import make_cfg, write_jsonl
 
 PC = [{"prompt": f"Question {i}: how many?\n\n###\n\n", "completion": f" {i} items\n"} for i in range(20)]
@@ -30,9 +29,8 @@ def test_json_report_for_the_viggo_sample(tmp_path, tiny_tokenizer, capsys):
     runs = report["examples"][0]["runs"]
     assert [r["trained"] for r in runs] == [False, True]
     assert runs[1]["text"].strip().endswith("<END_MR>")
-    for split in ("train", "valid"):
-        assert (tmp_path / "cache" / "tokenized").glob("*.parquet")
-        assert train["cache"].endswith(".parquet")
+    cached = {p.name for p in (tmp_path / "cache" / "tokenized").glob("*.parquet")}
+    assert cached == {Path(report["splits"][split]["cache"]).name for split in ("train", "valid")} and len(cached) == 2
 
 
 def test_human_report_marks_trained_text(tmp_path, tiny_tokenizer, capsys):
@@ -43,13 +41,24 @@ def test_human_report_marks_trained_text(tmp_path, tiny_tokenizer, capsys):
     assert "⟦" in out and "<END_A>⟧" in out  # not a terminal: trained text in brackets
 
 
-def test_broken_line_3_exits_2_naming_line_3_and_writes_nothing(tmp_path, tiny_tokenizer, capsys):
+def prepare_cli(tmp_path, model_dir, train, **data):
+    """`llmft prepare` as a user runs it, on a config file naming `train`."""
+    from click.testing import CliRunner
+
+    from llmft.cli import main
+
+    section = {"task": "prompt_completion", "train": str(train), "cache_dir": str(tmp_path / "cache"), **data}
+    config = tmp_path / "prepare.yaml"
+    config.write_text(json.dumps({"model": {"name_or_path": str(model_dir)}, "data": section,
+                                  "training": {"global_batch_size": 4}}))
+    return CliRunner().invoke(main, ["prepare", str(config)])
+
+
+def test_broken_line_3_exits_2_naming_line_3_and_writes_nothing(tmp_path, tiny_model_dir):
     path = write_jsonl(tmp_path / "train.jsonl", [PC[0], PC[1], '{"prompt": "x"', PC[2]])
-    cfg = make_cfg(tmp_path, "prompt_completion", str(path))
-    with pytest.raises(LlmftError, match="line 3") as exc:
-        run_prepare(cfg, as_json=False, tokenizer=tiny_tokenizer)
-    assert exc.value.exit_code == 2
-    assert "train.jsonl line 3: invalid JSON" in capsys.readouterr().out
+    result = prepare_cli(tmp_path, tiny_model_dir, path)
+    assert result.exit_code == 2, result.output
+    assert "train.jsonl line 3: invalid JSON" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "cache").exists()
 
 
@@ -77,9 +86,9 @@ def test_duplicates_and_over_length_are_reported(tmp_path, tiny_tokenizer):
     assert any("longer than data.max_length = 48" in w for w in report["warnings"])
 
 
-def test_over_length_error_policy_exits_2(tmp_path, tiny_tokenizer):
+def test_over_length_error_policy_exits_2(tmp_path, tiny_model_dir):
     long = {"prompt": "word " * 60 + "\n\n###\n\n", "completion": " x items\n"}
-    cfg = make_cfg(tmp_path, "prompt_completion", str(write_jsonl(tmp_path / "d.jsonl", PC + [long])),
-                   max_length=48, over_length="error")
-    with pytest.raises(LlmftError, match="line 21"):
-        run_prepare(cfg, as_json=True, tokenizer=tiny_tokenizer)
+    result = prepare_cli(tmp_path, tiny_model_dir, write_jsonl(tmp_path / "d.jsonl", PC + [long]),
+                         max_length=48, over_length="error")
+    assert result.exit_code == 2, result.output
+    assert "line 21" in result.output and "Traceback" not in result.output
