@@ -39,9 +39,7 @@ def inference_deepspeed_config(cfg: Config, hidden_size: int | None) -> dict:
         "deepspeed": cfg.deepspeed.model_copy(update={"zero_stage": 3, "offload_optimizer": "none", "config_file": None}),
         "training": cfg.training.model_copy(update={"micro_batch_size": 1, "global_batch_size": workers}),
     })
-    ds_config = build_deepspeed_config(cfg, hidden_size=hidden_size)
-    ds_config.pop("optimizer", None)
-    return ds_config
+    return build_deepspeed_config(cfg, hidden_size=hidden_size)
 
 
 def eval_loop_per_worker(inputs: Zero3Input) -> list[Answer] | None:
