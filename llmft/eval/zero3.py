@@ -14,7 +14,6 @@ import functools
 from dataclasses import dataclass
 
 from llmft.config import Config
-from llmft.errors import LlmftError
 from llmft.eval.generate import Answer
 
 
@@ -74,7 +73,7 @@ def generate_with_zero3(cfg: Config, prompts: list[str], batches: list[list[int]
     from ray.train import RunConfig
     from ray.train.torch import TorchTrainer
 
-    from llmft.train.driver import find_user_error, scaling_config, worker_env
+    from llmft.train.driver import fit, scaling_config, worker_env
 
     inputs = Zero3Input(config=cfg, prompts=prompts, batches=batches, stop_token=stop_token,
                         max_new_tokens=max_new_tokens)
@@ -84,11 +83,4 @@ def generate_with_zero3(cfg: Config, prompts: list[str], batches: list[list[int]
             functools.partial(eval_loop_per_worker, inputs), scaling_config=scaling_config(cfg),
             run_config=RunConfig(name="zero3-eval", storage_path=storage,
                                  worker_runtime_env={"env_vars": worker_env(None)}))
-        try:
-            result = trainer.fit()
-        except Exception as exc:  # Ray wraps worker errors; surface a user error's own message
-            user_error = find_user_error(exc)
-            if user_error:
-                raise LlmftError(user_error) from None
-            raise
-    return result.return_value
+        return fit(trainer).return_value

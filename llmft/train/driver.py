@@ -87,13 +87,7 @@ def run_training(cfg: Config, *, address: str | None = None, resume: str | None 
         ),
     )
     print(f"llmft: run {run_name} -> {run_dir}", flush=True)
-    try:
-        result = trainer.fit()
-    except Exception as exc:  # Ray wraps worker errors; surface a user error's own message
-        user_error = find_user_error(exc)
-        if user_error:
-            raise LlmftError(user_error) from None
-        raise
+    result = fit(trainer)
 
     # -- export the best checkpoint as a Hugging Face model
     if cfg.output.export_best and result.checkpoint is not None:
@@ -160,6 +154,17 @@ def worker_env(extra: dict[str, str] | None) -> dict[str, str]:
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.update(extra or {})
     return env
+
+
+def fit(trainer):
+    """`trainer.fit()`, with a worker's LlmftError raised as the user error it is."""
+    try:
+        return trainer.fit()
+    except Exception as exc:  # Ray wraps worker errors; surface a user error's own message
+        user_error = find_user_error(exc)
+        if user_error:
+            raise LlmftError(user_error) from None
+        raise
 
 
 def find_user_error(exc: BaseException) -> str | None:
