@@ -1,7 +1,7 @@
 """`llmft generate MODEL`: quick inference in the task's format, in this process.
 
 The model is an exported folder, a training checkpoint (exported to a temporary folder first),
-a storage URI, or a base model (folder or hub id). Input is one row of raw task fields
+either of them at a storage URI, or a base model (folder or hub id). Input is one row of raw task fields
 (`--text`, `--field NAME=VALUE`), a ready `--prompt`, or a JSONL file of rows (one answer per
 row to a JSONL output). Prompts are built as `llmft eval` builds them (`--few-shot K` included)
 and generated in the same batches by the same code (`eval.generate`), so greedy answers equal
@@ -59,7 +59,7 @@ def run_generate(model: str, *, config: str | None = None, task: str | None = No
     cfg = _config(model, config, task or ("prompt_completion" if prompt is not None else None), shots)
     task_ = get_task(cfg.data.task)
 
-    with local_model(model) as folder:
+    with model_folder(model) as folder:
         cfg = eval_config(cfg.model_copy(update={"scaling": cfg.scaling.model_copy(
             update={"use_gpu": torch.cuda.is_available()})}), model=folder, batch_size=batch_size)
         tokenizer = generation_tokenizer(cfg)
@@ -151,25 +151,23 @@ def _rows(task, text: str | None, fields: tuple[str, ...], input_path: str | Non
 
 
 @contextlib.contextmanager
-def local_model(model: str) -> Iterator[str]:
-    """A folder or hub id transformers loads, for an exported folder, a checkpoint or a base model."""
+def model_folder(model: str) -> Iterator[str]:
+    """What transformers loads for MODEL: a training checkpoint (folder or URI) exported to a
+    temporary folder; an exported folder, a storage URI (downloaded on load) or a base model as is."""
+    from llmft import storage
     from llmft.checkpoint import STATE_FILE
-    from llmft.paths import is_uri
 
-    if is_uri(model):
-        raise LlmftError(f"{model}: reading models from storage URIs is not supported yet; copy the exported "
-                         "model folder to local disk (e.g. `aws s3 cp --recursive`) and pass that folder.")
-    folder = Path(model).expanduser()
-    if (folder / STATE_FILE).is_file():  # a training checkpoint: export it first
+    if storage.exists(storage.join(model, STATE_FILE)):  # a checkpoint is complete once this file is there
         from llmft.export import export_checkpoint
 
         with tempfile.TemporaryDirectory(prefix="llmft-generate-") as scratch:
-            print(f"llmft: exporting checkpoint {folder} ...", file=sys.stderr, flush=True)
-            yield str(export_checkpoint(folder, Path(scratch) / "model"))
+            print(f"llmft: exporting checkpoint {storage.shown(model)} ...", file=sys.stderr, flush=True)
+            yield export_checkpoint(model, str(Path(scratch) / "model"))
         return
-    if not folder.exists() and model.startswith((".", "/", "~")):
+    if not storage.is_uri(model) and not Path(model).expanduser().exists() and model.startswith((".", "/", "~")):
         raise LlmftError(f"MODEL {model}: no such folder. Give an exported model folder (outputs/<run>/model), a "
-                         "checkpoint folder (outputs/<run>/checkpoint_*), or a base model's folder or hub id.")
+                         "checkpoint folder (outputs/<run>/checkpoint_*), a storage URI of either, or a base "
+                         "model's folder or hub id.")
     yield model
 
 

@@ -20,23 +20,23 @@ def tiny(model_dir, *overrides):
 
 
 def test_auto_on_cpu_workers_picks_replicas_and_knows_the_size(tiny_model_dir):
-    choice = choose_engine(tiny(tiny_model_dir), seq_len=200)
+    choice = choose_engine(tiny(tiny_model_dir), str(tiny_model_dir), seq_len=200)
     assert (choice.name, choice.requested, choice.parameters) == ("replicas", "auto", 356_672)
     assert choice.plan["auto"] == "replicas"
 
 
 def test_an_explicit_engine_is_kept(tiny_model_dir):
-    assert choose_engine(tiny(tiny_model_dir, "eval.engine=zero3"), seq_len=200).name == "zero3"
+    assert choose_engine(tiny(tiny_model_dir, "eval.engine=zero3"), str(tiny_model_dir), seq_len=200).name == "zero3"
 
 
 def test_auto_refuses_when_no_engine_fits(tiny_model_dir):
     with pytest.raises(LlmftError, match="No eval engine fits .*replicas .* GB.*llmft plan CONFIG --eval"):
-        choose_engine(tiny(tiny_model_dir, "eval.device_memory_gb=0.5"), seq_len=200)
+        choose_engine(tiny(tiny_model_dir, "eval.device_memory_gb=0.5"), str(tiny_model_dir), seq_len=200)
 
 
 def test_a_model_the_planner_cannot_size_falls_back_to_replicas(tmp_path, capsys):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 64, "n_layer": 2}))
-    choice = choose_engine(tiny(tmp_path), seq_len=200)
+    choice = choose_engine(tiny(tmp_path), str(tmp_path), seq_len=200)
     assert (choice.name, choice.plan, choice.parameters) == ("replicas", None, None)
     assert "using replicas" in capsys.readouterr().err
 
