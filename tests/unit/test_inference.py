@@ -12,6 +12,7 @@ from llmft.cli import main
 from llmft.eval.generate import Replica
 from llmft.eval.run import eval_config
 from tests.support import model_config
+from tests.support.s3 import s3_server  # noqa: F401  (fixture)
 
 
 def generate(*args: str):
@@ -72,3 +73,15 @@ def test_sampling_follows_the_seed(tiny_model_dir, tmp_path):
 
     assert sample("1") == sample("1")
     assert len({sample(str(seed)) for seed in range(2, 6)}) > 1  # sampled, not greedy
+
+
+def test_a_model_in_a_bucket_answers_as_the_local_folder(s3_server, tiny_model_dir, tmp_path):  # noqa: F811
+    import pyarrow.fs as pafs
+
+    bucket = s3_server.new_bucket()
+    pafs.copy_files(str(tiny_model_dir), f"{bucket}/run/model", destination_filesystem=s3_server.filesystem())
+    args = ["--task", "viggo", "--text", "What do you think of Iron Tide?", "--max-new-tokens", "6"]
+    local = generate(str(tiny_model_dir), *args)
+    remote = generate(s3_server.uri(bucket, "run/model"), *args)
+    assert remote.exit_code == 0, remote.output
+    assert remote.stdout.strip().splitlines()[-1] == local.stdout.strip().splitlines()[-1]
