@@ -302,7 +302,7 @@ def default_device_memory_gb(cfg: Config) -> float:
         return 24.0
     import psutil
 
-    return psutil.virtual_memory().total / GB / cfg.scaling.num_workers
+    return psutil.virtual_memory().total / GB / cfg.world_size
 
 
 def eval_estimate(model_config: dict[str, Any], cfg: Config, device_memory_gb: float, seq_len: int,
@@ -316,7 +316,7 @@ def eval_estimate(model_config: dict[str, Any], cfg: Config, device_memory_gb: f
     params, largest = count_parameters(arch), largest_layer_parameters(arch)
     dtype = training_dtype(cfg)
     value_bytes = 4 if dtype == "float32" else 2
-    workers, batch = cfg.scaling.num_workers, cfg.eval.batch_size
+    workers, batch = cfg.world_size, cfg.eval.batch_size
     gpus_per_node = math.gcd(workers, DEFAULT_GPUS_PER_NODE) if cfg.scaling.use_gpu else workers
     weights = params * value_bytes
     kv = kv_cache_bytes(arch, batch, seq_len, value_bytes)

@@ -45,7 +45,7 @@ def choose_engine(cfg: Config, model_folder: str, *, seq_len: int) -> EngineChoi
         if name is None:
             needs = ", ".join(f"{engine} {report['device_total_gb']:.1f} GB" for engine, report in plan["engines"].items())
             raise LlmftError(
-                f"No eval engine fits {cfg.model.name_or_path} on {cfg.scaling.num_workers} workers of "
+                f"No eval engine fits {cfg.model.name_or_path} on {cfg.world_size} workers of "
                 f"{plan['setup']['device_memory_gb']:.1f} GB for batches of {cfg.eval.batch_size} x {seq_len} tokens "
                 f"(per device: {needs}). Lower eval.batch_size, add workers (scaling.num_workers), offload "
                 "parameters (deepspeed.offload_params=cpu), or set eval.device_memory_gb if the devices are larger. "
@@ -82,7 +82,7 @@ def generate(choice: EngineChoice, cfg: Config, prompts: list[str], batches: lis
         return generate_with_zero3(cfg, prompts, batches, stop_token=stop_token, max_new_tokens=max_new_tokens)
     from llmft.eval.vllm import generate_with_vllm
 
-    vllm = choice.plan["engines"]["vllm"] if choice.plan else {"gpus_per_replica": 1, "replicas": cfg.scaling.num_workers}
+    vllm = choice.plan["engines"]["vllm"] if choice.plan else {"gpus_per_replica": 1, "replicas": cfg.world_size}
     return generate_with_vllm(cfg, prompts, stop_token=stop_token, max_new_tokens=max_new_tokens,
                               tensor_parallel_size=vllm["gpus_per_replica"], replicas=vllm["replicas"],
                               max_model_len=seq_len)

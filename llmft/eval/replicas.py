@@ -20,7 +20,7 @@ def generate_with_replicas(cfg: Config, prompts: list[str], batches: list[list[i
     # Ray Data's per-operator progress lines would drown the results table.
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-    workers = cfg.scaling.num_workers
+    workers = cfg.world_size
     rows = [{"indices": batch, "prompts": [prompts[i] for i in batch]} for batch in batches]
     dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), workers * 4)))
     results = dataset.map(

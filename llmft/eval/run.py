@@ -58,7 +58,7 @@ def run_eval(cfg: Config, *, model: str | None, split: str, limit: int | None, f
     init_ray(address)
     check_placement(cfg)
     print(f"llmft: eval engine {choice.name}" + (" (auto)" if choice.requested == "auto" else "")
-          + f", {cfg.scaling.num_workers} workers, {len(batches)} batches of up to {cfg.eval.batch_size}", flush=True)
+          + f", {cfg.world_size} workers, {len(batches)} batches of up to {cfg.eval.batch_size}", flush=True)
     started = time.perf_counter()
     answers = engines.generate(choice, cfg, prompts, batches, stop_token=task.stop_token,
                                max_new_tokens=max_new_tokens, seq_len=seq_len)
@@ -77,7 +77,7 @@ def run_eval(cfg: Config, *, model: str | None, split: str, limit: int | None, f
         "predictions_file": storage.basename(predictions_path),
         "generation": {"seconds": seconds, "examples_per_second": len(examples) / max(seconds, 1e-9),
                        "engine_requested": choice.requested, "max_new_tokens": max_new_tokens,
-                       "workers": cfg.scaling.num_workers, "batch_size": cfg.eval.batch_size},
+                       "workers": cfg.world_size, "batch_size": cfg.eval.batch_size},
     }
     lines = [json.dumps({"index": i, "prompt": ex.prompt, "reference": ex.reference, "prediction": answer.text,
                          "stop_reason": answer.stop_reason, **detail})

@@ -33,7 +33,7 @@ def inference_deepspeed_config(cfg: Config, hidden_size: int | None) -> dict:
     sequence per step for DeepSpeed's batch arithmetic, and no optimizer."""
     from llmft.train.deepspeed import build_deepspeed_config
 
-    workers = cfg.scaling.num_workers
+    workers = cfg.world_size
     cfg = cfg.model_copy(update={
         "deepspeed": cfg.deepspeed.model_copy(update={"zero_stage": 3, "offload_optimizer": "none", "config_file": None}),
         "training": cfg.training.model_copy(update={"micro_batch_size": 1, "global_batch_size": workers}),
