@@ -89,7 +89,7 @@ def by_size(all_results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _parameters(value: Any) -> str:
     if not _is_number(value):
         return MISSING
-    return f"{value / 1e9:.2f}B" if value >= 1e9 else f"{value / 1e6:.0f}M"
+    return f"{value / 1e9:.2f}B" if value >= 1e9 else f"{value / 1e6:.3g}M"
 
 
 def model_names(all_results: list[dict[str, Any]]) -> list[str]:

@@ -111,7 +111,7 @@ def test_compare_reads_both_engines_results(tiny_runs, tmp_path):
     result = CliRunner().invoke(main, ["compare", *files, "--out", str(table), "--plot", str(chart),
                                        "--side-by-side", str(tmp_path / "side.md")])
     assert result.exit_code == 0, result.output
-    assert "exact_match" in table.read_text() and "0.36M" in table.read_text()
+    assert "exact_match" in table.read_text() and "| 0.357M |" in table.read_text()
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "side.md").read_text().count("## Example") == 7
 

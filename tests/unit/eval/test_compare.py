@@ -156,13 +156,13 @@ def test_results_and_outputs_in_a_bucket(s3_server, tmp_path):  # noqa: F811
 
 def test_sizes_are_sorted_smallest_first(tmp_path):
     paths = [write_results(tmp_path, label, parameters=parameters, exact=exact)
-             for label, parameters, exact in (("70b", 68_976_648_192, 0.9), ("7b", 6_738_415_616, 0.7),
-                                              ("unknown", None, 0.1), ("13b", 13_015_864_320, 0.8))]
+             for label, parameters, exact in (("70b", 68_976_648_192, 0.9), ("7b", 6_738_415_616, 0.7), ("unknown", None, 0.1),
+                                              ("13b", 13_015_864_320, 0.8), ("smol", 134_515_008, 0.2))]
     out, plot = tmp_path / "table.md", tmp_path / "chart.png"
     run_compare([str(p) for p in paths], out=str(out), plot=str(plot), side_by_side=None)
     rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and "exact_match" not in line]
     assert [row.split(" | ")[:2] for row in rows] == [
-        ["| 7b", "6.74B"], ["| 13b", "13.02B"], ["| 70b", "68.98B"], ["| unknown", "–"]]
+        ["| smol", "135M"], ["| 7b", "6.74B"], ["| 13b", "13.02B"], ["| 70b", "68.98B"], ["| unknown", "–"]]
     assert plot.read_bytes().startswith(PNG_SIGNATURE)
 
 
