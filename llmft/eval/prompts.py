@@ -57,3 +57,31 @@ def few_shot_prefix(cfg: Config, task: Task, formatter, tokenizer, k: int) -> st
     stop = "" if task.stop_token else (tokenizer.eos_token or "")
     shots = [formatter(row) for row in load_rows(cfg, "train")[:k]]
     return "".join("".join(seg.text for seg in shot.segments) + stop + "\n" for shot in shots)
+
+
+def prompt_of(task: Task, formatter, row: dict) -> str:
+    """The generation prompt of a row of raw task fields that may lack the answer (`llmft generate`).
+
+    The prompt never depends on the answer, but formatters check it is there, so a stand-in
+    answer is filled in. ValueError (naming the field) when a prompt field is missing.
+    """
+    stand_in = "?"
+    if task.answer_field:
+        row = {**row, task.answer_field: row.get(task.answer_field) or stand_in}
+    else:  # chat: the answer is the assistant turn after the messages
+        messages = row.get("messages")
+        if isinstance(messages, list) and not (messages and isinstance(messages[-1], dict)
+                                               and messages[-1].get("role") == "assistant"):
+            row = {**row, "messages": [*messages, {"role": "assistant", "content": stand_in}]}
+    return formatter(row).prompt
+
+
+def row_from_text(task: Task, text: str) -> dict:
+    """`llmft generate --text`: the task's one input field (a user message for chat)."""
+    if task.answer_field is None:
+        return {"messages": [{"role": "user", "content": text}]}
+    inputs = [name for name in task.required_fields if name != task.answer_field]
+    if len(inputs) != 1:
+        raise LlmftError(f"--text fills one field, but task {task.name} reads {', '.join(inputs)}: give each with "
+                         f"--field NAME=VALUE (e.g. " + " ".join(f"--field {n}=..." for n in inputs) + ").")
+    return {inputs[0]: text}

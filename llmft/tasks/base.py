@@ -61,6 +61,9 @@ class Task:
     primary_metric: str
     # A row field the metrics need besides prediction and reference (SQL: the CREATE TABLE schema).
     context_field: str | None = None
+    # The row field holding the answer, which rows to generate for may leave out; None when the
+    # answer is not a field (chat: the last assistant message).
+    answer_field: str | None = None
     # The module generating llmft's synthetic `sample:<task>` rows (see `llmft.data.samples`).
     samples: str | None = None
     # Extra `llmft prepare` checks over the training rows: `rows -> {..., "warnings": [...]}`.

@@ -24,6 +24,7 @@ TASK = Task(
     format=format_gsm8k,
     metrics="llmft.eval.metrics.gsm8k",
     primary_metric="accuracy",
+    answer_field="answer",
     samples="llmft.data.samples.gsm8k",
     hub=HubSource(path="openai/gsm8k", config="main", splits={"train": None, "valid": None, "test": "test"}),
 )

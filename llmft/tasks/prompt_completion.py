@@ -60,5 +60,6 @@ TASK = Task(
     format=format_prompt_completion,
     metrics="llmft.eval.metrics.generic",
     primary_metric="exact_match",
+    answer_field="completion",
     data_checks=separator_checks,
 )

@@ -26,6 +26,7 @@ TASK = Task(
     format=format_sql,
     metrics="llmft.eval.metrics.sql",
     primary_metric="execution_match",
+    answer_field="answer",
     context_field="context",
     samples="llmft.data.samples.sql",
     hub=HubSource(path="b-mc2/sql-create-context", splits={"train": None, "valid": None, "test": None}),

@@ -24,6 +24,7 @@ TASK = Task(
     format=format_viggo,
     metrics="llmft.eval.metrics.viggo",
     primary_metric="exact_match",
+    answer_field="meaning_representation",
     samples="llmft.data.samples.viggo",
     hub=HubSource(path="GEM/viggo"),
 )

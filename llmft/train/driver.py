@@ -54,7 +54,7 @@ def run_training(cfg: Config, *, address: str | None = None, resume: str | None 
 
     # -- Ray
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     from llmft.train.loop import WorkerInput, train_loop_per_worker
@@ -71,14 +71,10 @@ def run_training(cfg: Config, *, address: str | None = None, resume: str | None 
         resume_path=resume_path,
         generation_eval=generation_eval_inputs(cfg, tokenizer),
     )
-    resources = {"CPU": cfg.scaling.cpus_per_worker, **cfg.scaling.resources_per_worker}
-    if cfg.scaling.use_gpu:
-        resources["GPU"] = 1
     scored = cfg.data.valid is not None
     trainer = TorchTrainer(
         functools.partial(train_loop_per_worker, inputs),
-        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                     resources_per_worker=resources),
+        scaling_config=scaling_config(cfg),
         run_config=RunConfig(
             name=run_name,
             storage_path=cfg.output.dir,
@@ -91,13 +87,7 @@ def run_training(cfg: Config, *, address: str | None = None, resume: str | None 
         ),
     )
     print(f"llmft: run {run_name} -> {run_dir}", flush=True)
-    try:
-        result = trainer.fit()
-    except Exception as exc:  # Ray wraps worker errors; surface a user error's own message
-        user_error = _find_user_error(exc)
-        if user_error:
-            raise LlmftError(user_error) from None
-        raise
+    result = fit(trainer)
 
     # -- export the best checkpoint as a Hugging Face model
     if cfg.output.export_best and result.checkpoint is not None:
@@ -148,6 +138,17 @@ def resolve_run(cfg: Config, resume: str | None) -> tuple[str, str | None]:
     return name, path
 
 
+def scaling_config(cfg: Config):
+    """Ray Train's worker group for `cfg.scaling` (training and the zero3 eval engine)."""
+    from ray.train import ScalingConfig
+
+    resources = {"CPU": cfg.scaling.cpus_per_worker, **cfg.scaling.resources_per_worker}
+    if cfg.scaling.use_gpu:
+        resources["GPU"] = 1
+    return ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                         resources_per_worker=resources)
+
+
 def worker_env(extra: dict[str, str] | None) -> dict[str, str]:
     """Environment for the workers: llmft's test switches and thread settings pass through."""
     env = {k: v for k, v in os.environ.items() if k.startswith("LLMFT_") or k in ("TORCH_EXTENSIONS_DIR", "HF_HOME", "HF_HUB_OFFLINE")}
@@ -156,7 +157,18 @@ def worker_env(extra: dict[str, str] | None) -> dict[str, str]:
     return env
 
 
-def _find_user_error(exc: BaseException) -> str | None:
+def fit(trainer):
+    """`trainer.fit()`, with a worker's LlmftError raised as the user error it is."""
+    try:
+        return trainer.fit()
+    except Exception as exc:  # Ray wraps worker errors; surface a user error's own message
+        user_error = find_user_error(exc)
+        if user_error:
+            raise LlmftError(user_error) from None
+        raise
+
+
+def find_user_error(exc: BaseException) -> str | None:
     """Ray re-raises worker exceptions wrapped; find an LlmftError's message inside."""
     seen = set()
     stack = [exc]

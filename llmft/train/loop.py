@@ -62,15 +62,11 @@ def due_after_step(cfg: Config, global_step: int, *, epoch_end: bool, last: bool
                generation=can_generate and every(cfg.training.generation_eval_every_steps))
 
 
-def train_loop_per_worker(inputs: WorkerInput) -> None:
-    # ------------------------------------------------------------------ setup
+def join_worker_group(cfg: Config) -> tuple[int, int, torch.device]:
+    """This Ray Train worker's rank, the world size and its device, with DeepSpeed's comm layer up.
+    Training and the zero3 eval engine start their workers alike."""
     import deepspeed
 
-    from llmft import checkpoint as ckpt
-    from llmft.models.loading import load_model
-    from llmft.models.tokenizer import load_task_tokenizer
-
-    cfg = inputs.config
     context = ray.train.get_context()
     # An elastic run may have fewer workers than it started with: the global batch stays the
     # same and each worker accumulates more.
@@ -87,6 +83,19 @@ def train_loop_per_worker(inputs: WorkerInput) -> None:
     # DeepSpeed calls torch.distributed APIs that torch deprecates, once per collective: hundreds
     # of identical warnings per step would bury the progress lines.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
+    return rank, world_size, device
+
+
+def train_loop_per_worker(inputs: WorkerInput) -> None:
+    # ------------------------------------------------------------------ setup
+    import deepspeed
+
+    from llmft import checkpoint as ckpt
+    from llmft.models.loading import load_model
+    from llmft.models.tokenizer import load_task_tokenizer
+
+    cfg = inputs.config
+    rank, world_size, device = join_worker_group(cfg)
     hooks = TraceAndFaultHooks(rank, world_size)
 
     # ------------------------------------------------------------------ data
@@ -123,7 +132,7 @@ def train_loop_per_worker(inputs: WorkerInput) -> None:
 
     # ------------------------------------------------------------------ resume
     start = ckpt.restore(engine, checkpoint, cfg, world_size=world_size, rank=rank,
-                         local_rank=context.get_local_rank())
+                         local_rank=ray.train.get_context().get_local_rank())
     hooks.record_states(engine, "restored", start.global_step)
     global_step, epoch, skip = start.global_step, start.epoch, start.step_in_epoch
     logger = MetricsLogger(cfg, run_dir=inputs.run_dir, enabled=rank == 0, total_steps=total_steps,
@@ -219,15 +228,16 @@ def evaluate(engine, data: TokenizedExamples, cfg: Config, rank: int, world_size
 def generation_eval(engine, tokenizer, cfg: Config, inputs: GenerationInputs, rank: int, world_size: int,
                     device: torch.device) -> dict[str, float]:
     """Generate answers for a validation subset and score them with the task's metrics (`valid_gen_*`)."""
-    from llmft.eval.generate import generate_sharded
+    from llmft.eval.generate import generate_sharded, generation_batches, stopping_for
     from llmft.eval.metrics import score
     from llmft.tasks import get_task
 
     task = get_task(cfg.data.task)
     engine.eval()
-    predictions = generate_sharded(engine.module, tokenizer, inputs.prompts, stop_token=task.stop_token,
-                                   max_new_tokens=inputs.max_new_tokens, batch_size=cfg.training.micro_batch_size,
-                                   rank=rank, world_size=world_size, device=device)
+    answers = generate_sharded(
+        engine.module, tokenizer, inputs.prompts, generation_batches(inputs.prompts, tokenizer, cfg.training.micro_batch_size),
+        stopping=stopping_for(tokenizer, task.stop_token, engine.module.generation_config),
+        max_new_tokens=inputs.max_new_tokens, rank=rank, world_size=world_size, device=device)
     engine.train()
-    metrics = score(task.name, predictions, inputs.references, inputs.contexts)
+    metrics = score(task.name, [answer.text for answer in answers], inputs.references, inputs.contexts)
     return {f"valid_gen_{key}": value for key, value in metrics.items() if isinstance(value, (int, float))}

@@ -2,7 +2,7 @@
 
     python scripts/bench/eval_throughput.py [--model PATH] [--examples 32] [--batch-sizes 8 16] [--threads 2]
 
-Uses `llmft.eval.generate.Generator` (the model replica `llmft eval` runs on each Ray worker)
+Uses `llmft.eval.generate.Replica` (the model replica `llmft eval` runs on each Ray worker)
 directly, in this process, on the first `--examples` prompts of the ViGGO sample test split:
 with all prompts in batches of each of `--batch-sizes` (left-padded, KV cache; `llmft eval`
 uses 8), and one prompt per call. The model defaults to the latest fine-tuned export of the demo (outputs/demo/runs/*/model),
@@ -36,8 +36,9 @@ def main() -> None:
     started_load = common.machine_info()["load_average"]
 
     from llmft.config import load_config
-    from llmft.eval.generate import Generator
+    from llmft.eval.generate import Replica
     from llmft.eval.prompts import generation_inputs
+    from llmft.eval.run import eval_config
     from llmft.models.tokenizer import load_tokenizer
     from llmft.tasks import get_task
 
@@ -48,8 +49,8 @@ def main() -> None:
     # The prompts, references and generation length `llmft eval` would use.
     inputs = generation_inputs(cfg, tokenizer, "test", limit=args.examples, few_shot=few_shot)
     examples, prompts, max_new_tokens = inputs.examples, inputs.prompts, inputs.max_new_tokens
-    generator = Generator(str(model_path), stop_token=task.stop_token, max_new_tokens=max_new_tokens,
-                          use_gpu=False, dtype="float32", num_threads=args.threads)
+    generator = Replica(eval_config(cfg), stop_token=task.stop_token, max_new_tokens=max_new_tokens,
+                        num_threads=args.threads)
     print(f"model {model_path} ({few_shot}-shot prompts), {len(prompts)} prompts, max_new_tokens {max_new_tokens}, "
           f"{args.threads} threads", flush=True)
 
@@ -59,11 +60,11 @@ def main() -> None:
         start = time.perf_counter()
         answers = []
         for i in range(0, len(prompts), size):
-            answers += generator.generate(prompts[i:i + size])
+            answers += [a.text for a in generator.generate(prompts[i:i + size])]
         batched_seconds[size], batched[size] = time.perf_counter() - start, answers
         print(f"batched (batch {size}): {batched_seconds[size]:.1f} s", flush=True)
     start = time.perf_counter()
-    single = [generator.generate([prompt])[0] for prompt in prompts]
+    single = [generator.generate([prompt])[0].text for prompt in prompts]
     single_seconds = time.perf_counter() - start
     print(f"one at a time: {single_seconds:.1f} s", flush=True)
 
@@ -77,7 +78,7 @@ def main() -> None:
                  f"{new_tokens / single_seconds:.0f}", "1.00x", "-"])
     print()
     common.print_table(["mode", "seconds", "examples/s", "answer tokens/s", "speed-up", "same answers"], rows)
-    summary = [common.summary_row(f"batched ({size}) / one at a time, examples/s (Generator, {args.threads} threads)",
+    summary = [common.summary_row(f"batched ({size}) / one at a time, examples/s (Replica, {args.threads} threads)",
                                   f"{speedups[size]:.1f}x", f">= {GOAL}x", speedups[size] >= GOAL)
                for size in args.batch_sizes]
     summary.append(common.summary_row("batched answers identical to one-at-a-time answers",

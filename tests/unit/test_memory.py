@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from llmft.cli import main
 from llmft.config import load_config
-from llmft.memory import GB, activation_bytes, estimate, run_plan
+from llmft.memory import GB, activation_bytes, estimate, eval_estimate, run_plan
 from llmft.models.architecture import (
     architecture,
     load_model_config,
@@ -116,3 +116,74 @@ def test_cli_reports_an_unreadable_model_as_a_user_error():
         "plan", str(REPO / "configs" / "viggo" / "tiny-cpu.yaml"), "model.name_or_path=no-such-folder/nested/model"])
     assert result.exit_code == 2
     assert "local folder" in result.output
+
+
+# ---------------------------------------------------------------- evaluation (`llmft plan --eval`)
+
+def eval_plan(size: str, vllm_available: bool = False, *overrides: str):
+    cfg = shipped(size, overrides)
+    return eval_estimate(load_model_config(cfg.model.name_or_path)[0], cfg, 24, seq_len=cfg.data.max_length,
+                         vllm_available=vllm_available)
+
+
+@pytest.mark.parametrize("size, picked", [("7b", "replicas"), ("13b", "zero3"), ("70b", "zero3")])
+def test_eval_auto_picks_replicas_when_the_model_fits_one_gpu_else_zero3(size, picked):
+    report = eval_plan(size)
+    assert report["auto"] == picked
+    engine = report["engines"][picked]
+    assert engine["fits"] and engine["device_total_gb"] <= 24
+    shown = sum(item["gb"] for item in engine["per_device"] if item["lives_on"] == "device")
+    assert shown == pytest.approx(engine["device_total_gb"]) and shown <= 24
+    assert report["engines"]["vllm"]["unavailable"].startswith("vLLM is not installed")
+    if picked == "zero3":  # one group over every GPU, weights sharded
+        assert not report["engines"]["replicas"]["fits"]
+        assert (engine["gpus_per_replica"], engine["replicas"]) == (report["setup"]["workers"], 1)
+    else:
+        assert (engine["gpus_per_replica"], engine["replicas"]) == (1, 16)
+
+
+@pytest.mark.parametrize("size, tensor_parallel", [("13b", 2), ("70b", 8)])
+def test_eval_auto_picks_vllm_where_installed_with_the_smallest_tensor_parallel_size_that_fits(size, tensor_parallel):
+    report = eval_plan(size, True)
+    vllm = report["engines"]["vllm"]
+    assert report["auto"] == "vllm" and vllm["fits"] and vllm["device_total_gb"] <= 24
+    assert vllm["gpus_per_replica"] == tensor_parallel
+    assert vllm["replicas"] == report["setup"]["workers"] // tensor_parallel
+    assert eval_plan("7b", True)["auto"] == "replicas"  # a whole model per GPU still fits
+
+
+def test_eval_memory_is_weights_plus_the_batchs_kv_cache():
+    report = eval_plan("7b")
+    items = {e: {i["name"]: i for i in report["engines"][e]["per_device"]} for e in ("replicas", "zero3")}
+    params = report["model"]["parameters"]
+    assert items["replicas"]["weights"]["gb"] == pytest.approx(2 * params / GB)
+    # Keys and values, 32 layers x 32 heads x 128 dims x 2 bytes, for 16 sequences of 512 tokens: 4 GiB.
+    assert items["replicas"]["KV cache"]["gb"] == pytest.approx(2 * 32 * 32 * 128 * 2 * 16 * 512 / GB)
+    assert items["zero3"]["KV cache"]["gb"] == items["replicas"]["KV cache"]["gb"]  # ZeRO-3 shards weights only
+    assert items["zero3"]["weights"]["gb"] == pytest.approx(2 * params / 16 / GB, rel=1e-6)
+    assert items["zero3"]["weights"]["lives_on"] == "cpu"  # the 7B recipe offloads parameters
+    assert items["replicas"]["activations"]["gb"] < items["replicas"]["KV cache"]["gb"]
+    doubled = eval_plan("7b", False, "eval.batch_size=32")
+    assert doubled["engines"]["replicas"]["per_device"][1]["gb"] == pytest.approx(2 * items["replicas"]["KV cache"]["gb"])
+
+
+def test_eval_nothing_fits_a_70b_on_two_gpus():
+    report = eval_plan("70b", True, "scaling.num_workers=2", "training.global_batch_size=16",
+                       "deepspeed.offload_params=none")
+    assert report["auto"] is None and not any(e["fits"] for e in report["engines"].values())
+
+
+def test_eval_on_cpu_workers_vllm_is_unavailable():
+    cfg = load_config(REPO / "configs" / "viggo" / "tiny-cpu.yaml")
+    report = eval_estimate(fixture_model_config("smollm2-135m"), cfg, 8, seq_len=256, vllm_available=True)
+    assert report["auto"] == "replicas" and "GPU only" in report["engines"]["vllm"]["unavailable"]
+
+
+def test_cli_plan_eval_shows_each_engine_and_autos_pick():
+    result = CliRunner().invoke(main, ["plan", str(REPO / "configs" / "viggo" / "llama-2-13b.yaml"), "--eval"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "GPUs per replica" in text and "KV cache" in text and "zero3 (auto)" in text
+    assert "`eval.engine: auto` picks zero3" in text
+    as_json = CliRunner().invoke(main, ["plan", str(REPO / "configs" / "viggo" / "llama-2-70b.yaml"), "--eval", "--json"])
+    assert json.loads(as_json.stdout)["eval"]["auto"] == "zero3"

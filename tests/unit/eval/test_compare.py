@@ -1,4 +1,5 @@
-"""`llmft compare`: table, chart, side-by-side view and the errors on bad input."""
+"""`llmft compare`: table (smallest model first), chart, side-by-side view, and the refusals: other
+tasks, other test sets or few-shot settings unless allowed, bad files."""
 
 from __future__ import annotations
 
@@ -41,9 +42,9 @@ def test_writes_table_chart_and_side_by_side(tmp_path, capsys):
     run_compare([str(base), str(tuned)], out=str(out), plot=str(plot), side_by_side=str(side))
 
     table = out.read_text()
-    assert "| model | split | few-shot | exact_match | function_accuracy | unparseable | num_examples |" in table
-    assert "| base | test | 0 | 0.250 | 0.750 | 1 | 2 |" in table
-    assert "| tuned | test | 0 | 1.000 |" in table
+    assert "| model | params | split | few-shot | exact_match | function_accuracy | unparseable | num_examples |" in table
+    assert "| base | – | test | 0 | 0.250 | 0.750 | 1 | 2 |" in table
+    assert "| tuned | – | test | 0 | 1.000 |" in table
     assert plot.read_bytes().startswith(PNG_SIGNATURE) and plot.stat().st_size > 1000
     assert "base" in capsys.readouterr().out
 
@@ -146,8 +147,55 @@ def test_results_and_outputs_in_a_bucket(s3_server, tmp_path):  # noqa: F811
     out, plot, side = (storage.join(evals, name) for name in ("table.md", "chart.png", "side.md"))
     run_compare([storage.join(evals, "base.json"), storage.join(evals, "tuned.json")],
                 out=out, plot=plot, side_by_side=side)  # the predictions are found beside each results file
-    assert "| tuned | test | 0 | 1.000 |" in storage.read_text(out)
+    assert "| tuned | – | test | 0 | 1.000 |" in storage.read_text(out)
     assert storage.read_text(side).count("## Example") == 2
     assert {"eval/table.md", "eval/chart.png", "eval/side.md"} <= set(s3_server.keys(bucket))
     with pytest.raises(LlmftError, match="does not exist"):
         load_results(storage.join(evals, "nope.json"))
+
+
+def test_sizes_are_sorted_smallest_first(tmp_path):
+    paths = [write_results(tmp_path, label, parameters=parameters, exact=exact)
+             for label, parameters, exact in (("70b", 68_976_648_192, 0.9), ("7b", 6_738_415_616, 0.7), ("unknown", None, 0.1),
+                                              ("13b", 13_015_864_320, 0.8), ("smol", 134_515_008, 0.2))]
+    out, plot = tmp_path / "table.md", tmp_path / "chart.png"
+    run_compare([str(p) for p in paths], out=str(out), plot=str(plot), side_by_side=None)
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and "exact_match" not in line]
+    assert [row.split(" | ")[:2] for row in rows] == [
+        ["| smol", "135M"], ["| 7b", "6.74B"], ["| 13b", "13.02B"], ["| 70b", "68.98B"], ["| unknown", "–"]]
+    assert plot.read_bytes().startswith(PNG_SIGNATURE)
+
+
+@pytest.mark.parametrize("key, value", [("data_hash", "other"), ("split", "valid"), ("num_examples", 3),
+                                        ("few_shot", 3)])
+def test_other_test_sets_or_few_shot_settings_are_refused_unless_allowed(tmp_path, key, value):
+    first = write_results(tmp_path, "base")
+    second = write_results(tmp_path, "tuned", **{key: value})
+    out = tmp_path / "table.md"
+    with pytest.raises(LlmftError, match=f"tuned.json has a different .*{key}.*--allow-mixed"):
+        run_compare([str(first), str(second)], out=str(out), plot=None, side_by_side=None)
+    assert not out.exists()
+    run_compare([str(first), str(second)], out=str(out), plot=None, side_by_side=None, allow_mixed=True)
+    assert "| tuned |" in out.read_text()
+
+
+def test_gsm8k_shows_strict_and_flexible_accuracy(tmp_path):
+    metrics = {"accuracy": 0.6, "strict_accuracy": 0.4, "marker_rate": 0.5, "no_number": 1, "num_examples": 2}
+    paths = [write_results(tmp_path, label, task="gsm8k", metrics=metrics) for label in ("base", "tuned")]
+    out = tmp_path / "table.md"
+    run_compare([str(p) for p in paths], out=str(out), plot=None, side_by_side=None)
+    assert "| model | params | split | few-shot | accuracy | strict_accuracy |" in out.read_text()
+    assert "| base | – | test | 0 | 0.600 | 0.400 |" in out.read_text()
+
+
+def test_cli_allows_mixed_few_shot_when_told(tmp_path):
+    from click.testing import CliRunner
+
+    from llmft.cli import main
+
+    base = write_results(tmp_path, "base", few_shot=3)
+    tuned = write_results(tmp_path, "tuned")
+    refused = CliRunner().invoke(main, ["compare", str(base), str(tuned)])
+    assert refused.exit_code == 2 and "few-shot setting" in " ".join(refused.output.split())
+    allowed = CliRunner().invoke(main, ["compare", str(base), str(tuned), "--allow-mixed"])
+    assert allowed.exit_code == 0, allowed.output

@@ -36,3 +36,41 @@ def test_a_missing_split_is_a_user_error(tmp_path, tiny_tokenizer):
     cfg = make_cfg(tmp_path, "viggo", "sample:viggo")
     with pytest.raises(LlmftError, match="data.test"):
         generation_inputs(cfg, tiny_tokenizer, "test", limit=1)
+
+
+OWN_ROWS = {"prompt_completion": {"prompt": "Q: 2+2?\nA:", "completion": " 4"},
+            "chat": {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}}
+
+
+@pytest.mark.parametrize("task", ["viggo", "sql", "gsm8k", "prompt_completion", "chat"])
+def test_a_row_without_its_answer_gets_the_prompt_of_the_full_row(task):
+    from llmft.data.samples import generate_rows
+    from llmft.eval.prompts import prompt_of
+    from llmft.tasks import get_task
+
+    spec = get_task(task)
+    row = OWN_ROWS.get(task) or generate_rows(task, "test")[0]
+    if spec.answer_field:
+        bare = {k: v for k, v in row.items() if k != spec.answer_field}
+    else:  # chat: the conversation up to the answer
+        bare = {"messages": row["messages"][:-1]}
+    assert prompt_of(spec, spec.format, bare) == spec.format(row).prompt
+
+
+def test_a_row_missing_a_prompt_field_names_it():
+    from llmft.eval.prompts import prompt_of
+    from llmft.tasks import get_task
+
+    with pytest.raises(ValueError, match="missing field `context`"):
+        prompt_of(get_task("sql"), get_task("sql").format, {"question": "How many?"})
+
+
+def test_text_fills_the_tasks_one_input_field():
+    from llmft.eval.prompts import row_from_text
+    from llmft.tasks import get_task
+
+    assert row_from_text(get_task("viggo"), "hi") == {"target": "hi"}
+    assert row_from_text(get_task("gsm8k"), "2+2?") == {"question": "2+2?"}
+    assert row_from_text(get_task("chat"), "hi") == {"messages": [{"role": "user", "content": "hi"}]}
+    with pytest.raises(LlmftError, match="--field question=... --field context=..."):
+        row_from_text(get_task("sql"), "How many?")
