@@ -198,7 +198,12 @@ def rank_files(state: dict[str, Any]) -> list[str]:
     """Per-worker files a complete checkpoint has: Ray merges each worker's upload separately."""
     expected = [f"rng_rank{rank}.pt" for rank in range(state["world_size"])]
     if state["zero_stage"] >= 1:
-        expected += [f"{DEEPSPEED_TAG}/zero_pp_rank_{rank}_mp_rank_00_optim_states.pt"
+        # DeepSpeed names them with a "bf16_" prefix when it trains in bf16 (_get_zero_ckpt_prefix).
+        from llmft.train.deepspeed import training_dtype
+
+        config = state.get("config")
+        prefix = "bf16_" if config and training_dtype(Config.model_validate(config)) == "bfloat16" else ""
+        expected += [f"{DEEPSPEED_TAG}/{prefix}zero_pp_rank_{rank}_mp_rank_00_optim_states.pt"
                      for rank in range(state["world_size"])]
     return expected
 

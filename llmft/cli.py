@@ -155,6 +155,20 @@ def plan(config, overrides, as_json, gpu_memory_gb):
 
 
 @main.command()
+@click.argument("config", required=False, type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--address", default=None, help="Ray cluster to check (default: $RAY_ADDRESS).")
+@click.option("--build-ops", is_flag=True, help="First compile the DeepSpeed ops llmft uses here into the JIT cache.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@_user_errors
+def doctor(config, overrides, address, build_ops, as_json):
+    """Report what this node has for training (like ds_report); with CONFIG, whether it can run it. Exit 1 if something needed is missing."""
+    from llmft.doctor import load_optional_config, run_doctor
+
+    sys.exit(run_doctor(load_optional_config(config, overrides), address=address, as_json=as_json, build=build_ops))
+
+
+@main.command()
 @_with_config
 @click.option("--address", default=None, help="Ray dashboard address, e.g. http://HEAD:8265 (default: $RAY_ADDRESS).")
 @click.option("--follow", is_flag=True, help="Stream the job's logs and exit with its status.")

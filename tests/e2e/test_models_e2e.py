@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
@@ -34,29 +33,6 @@ def _config(model_dir: Path) -> Config:
         "deepspeed": {"zero_stage": 3},
         "scaling": {"num_workers": 1},
     })
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def single_process_group(monkeypatch: pytest.MonkeyPatch):
-    """A real one-process gloo group, as a Ray Train worker has (world size 1)."""
-    import deepspeed
-    import torch.distributed as dist
-    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
-    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
-                       "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_SIZE": "1"}.items():
-        monkeypatch.setenv(key, value)
-    deepspeed.init_distributed(dist_backend="gloo")
-    yield
-    unset_hf_deepspeed_config()  # later loads in this process must not be partitioned
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def test_zero3_load_is_partitioned_and_new_rows_initialised(tiny_model_dir: Path, single_process_group) -> None:

@@ -13,15 +13,25 @@ from llmft.errors import LlmftError
 from tests.support.s3 import s3_server  # noqa: F401  (fixture)
 
 
-def make(folder, step, ranks_present, world_size=2, zero_stage=3):
+def make(folder, step, ranks_present, world_size=2, zero_stage=3, config=None, prefix=""):
     (folder / "deepspeed").mkdir(parents=True)
     (folder / "llmft_state.json").write_text(json.dumps(
         {"position": {"global_step": step, "epoch": 0, "step_in_epoch": step}, "world_size": world_size,
-         "zero_stage": zero_stage, "model": "m", "task": "viggo"}))
+         "zero_stage": zero_stage, "model": "m", "task": "viggo", **({"config": config} if config else {})}))
     for rank in ranks_present:
         (folder / f"rng_rank{rank}.pt").write_bytes(b"x")
-        (folder / "deepspeed" / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(b"x")
+        (folder / "deepspeed" / f"{prefix}zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(b"x")
     return folder
+
+
+def test_a_bf16_run_names_its_optimizer_shards_as_deepspeed_does(tmp_path):
+    # DeepSpeed writes bf16_zero_pp_rank_<R>_... when it trains in bf16 (every shipped recipe does).
+    bf16 = {"model": {"name_or_path": "m", "dtype": "bfloat16"}, "data": {"task": "viggo", "train": "sample:viggo"}}
+    make(tmp_path / "checkpoint_a", 2, [0, 1], config=bf16, prefix="bf16_")
+    make(tmp_path / "checkpoint_b", 4, [0, 1], config=bf16)  # fp32 names under a bf16 run: not its files
+    assert [Path(p).name for p in find_checkpoints(tmp_path)] == ["checkpoint_a"]
+    with pytest.raises(LlmftError, match="bf16_zero_pp_rank_0"):
+        read_state(tmp_path / "checkpoint_b")
 
 
 def test_partial_upload_is_not_a_checkpoint(tmp_path):
