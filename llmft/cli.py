@@ -88,13 +88,25 @@ def prepare(config, overrides, as_json):
 @_with_config
 @click.option("--address", default=None, help="Ray address (default: $RAY_ADDRESS, else an embedded local Ray on 127.0.0.1).")
 @click.option("--resume", default=None, help="`latest` or a checkpoint path to resume from.")
+@click.option("--smoke", is_flag=True,
+              help="Check the config's whole code path on a tiny model of the same family: every setting kept except "
+                   "the model's size and the steps (GPUs mapped to CPU workers here); trains, resumes with equal "
+                   "losses, exports. Exit 1 if a check fails.")
 @_user_errors
-def train(config, overrides, address, resume):
+def train(config, overrides, address, resume, smoke):
     """Fine-tune the model of CONFIG with Ray Train workers and DeepSpeed ZeRO."""
     from llmft.config import load_config
+
+    cfg = load_config(config, overrides)
+    if smoke:
+        from llmft.smoke import run_smoke
+
+        if resume:
+            raise LlmftError("--smoke makes its own checkpoint and resumes from it; drop --resume.")
+        sys.exit(0 if run_smoke(cfg, address=address).passed else 1)
     from llmft.train.driver import run_training
 
-    run_training(load_config(config, overrides), address=address, resume=resume)
+    run_training(cfg, address=address, resume=resume)
 
 
 @main.command()
@@ -189,6 +201,20 @@ def plan(config, overrides, as_json, gpu_memory_gb, with_eval):
     from llmft.memory import run_plan
 
     run_plan(load_config(config, overrides), as_json=as_json, gpu_memory_gb=gpu_memory_gb, with_eval=with_eval)
+
+
+@main.command()
+@click.argument("config", required=False, type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--address", default=None, help="Ray cluster to check (default: $RAY_ADDRESS).")
+@click.option("--build-ops", is_flag=True, help="First compile the DeepSpeed ops llmft uses here into the JIT cache.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@_user_errors
+def doctor(config, overrides, address, build_ops, as_json):
+    """Report what this node has for training (like ds_report); with CONFIG, whether it can run it. Exit 1 if something needed is missing."""
+    from llmft.doctor import load_optional_config, run_doctor
+
+    sys.exit(run_doctor(load_optional_config(config, overrides), address=address, as_json=as_json, build=build_ops))
 
 
 @main.command()

@@ -45,7 +45,8 @@ class ModelConfig(_Section):
     )
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
         "sdpa", description="Attention kernel passed to transformers. Packed batches get a "
-        "block-diagonal mask under sdpa/eager and position_ids under flash_attention_2."
+        "block-diagonal mask under sdpa/eager; under flash_attention_2 each micro-batch becomes one "
+        "padding-free row whose position_ids restart per example."
     )
     gradient_checkpointing: bool = Field(
         True, description="Recompute activations in the backward pass to save memory."

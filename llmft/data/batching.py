@@ -118,13 +118,15 @@ def trained_tokens(examples: TokenizedExamples, batch: GlobalBatch) -> int:
 
 
 def collate(examples: TokenizedExamples, rows: list[PackedRow], *, pad_id: int, block_mask: bool) -> dict[str, torch.Tensor]:
-    """Tensors for one micro-batch, padded to its longest row.
+    """Tensors for one micro-batch.
 
-    Each example in a row gets its own segment id (0 = padding) and positions restarting at 0.
-    With `block_mask` (sdpa/eager attention) the result carries a 4D boolean mask that lets a
-    token see only earlier tokens of its own example. Without it, the restarting position_ids
-    alone mark the boundaries: flash-attention's varlen path reads them, and padding forms its
-    own segment.
+    Each example gets its own segment id (0 = padding) and positions restarting at 0.
+    With `block_mask` (sdpa/eager attention) the rows are padded to the longest and carry a 4D
+    boolean mask that lets a token see only earlier tokens of its own example.
+    Without it (flash-attention 2) the micro-batch is flattened into a single row without padding
+    (transformers' padding-free layout): transformers' flash-attention path finds the examples
+    from restarting position_ids only when the batch has one row; with several rows and no mask
+    it would let packed examples attend to each other.
     """
     width = max([sum(len(examples.input_ids[i]) for i in row) for row in rows] + [1])
     size = (len(rows), width)
@@ -144,11 +146,24 @@ def collate(examples: TokenizedExamples, rows: list[PackedRow], *, pad_id: int, 
             start = end
         position_ids[r, start:] = torch.arange(width - start)
     batch = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "segment_ids": segment_ids}
-    if block_mask:
-        causal = torch.ones(width, width, dtype=torch.bool).tril()
-        same = segment_ids[:, :, None] == segment_ids[:, None, :]
-        # Padding attends to itself only, so no query row is fully masked (that gives NaNs).
-        eye = torch.eye(width, dtype=torch.bool)
-        real = (segment_ids > 0)[:, :, None]
-        batch["attention_mask"] = ((same & causal & real) | eye)[:, None, :, :]
+    if not block_mask:
+        return _flattened(batch)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    # Padding attends to itself only, so no query row is fully masked (that gives NaNs).
+    eye = torch.eye(width, dtype=torch.bool)
+    real = (segment_ids > 0)[:, :, None]
+    batch["attention_mask"] = ((same & causal & real) | eye)[:, None, :, :]
     return batch
+
+
+def _flattened(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The rows' real tokens in one row, segment ids renumbered to stay one per example."""
+    segments = batch["segment_ids"]
+    real = segments > 0
+    if not real.any():  # only filler rows: one padding token
+        return {key: value[:1, :1] for key, value in batch.items()}
+    per_row = segments.max(dim=1).values
+    offsets = torch.cumsum(per_row, 0) - per_row
+    batch = {**batch, "segment_ids": torch.where(real, segments + offsets[:, None], 0)}
+    return {key: value[real][None, :] for key, value in batch.items()}

@@ -152,3 +152,31 @@ def _fill_auto(user: Any, generated: Any) -> Any:
 
 def zero_stage_of(ds_config: dict[str, Any]) -> int:
     return int((ds_config.get("zero_optimization") or {}).get("stage", 0))
+
+
+# Written by rank 0 into the run folder: the engine DeepSpeed built, as opposed to the one asked for.
+ENGINE_FILE = "engine.json"
+
+
+def describe_engine(engine) -> dict[str, Any]:
+    """What DeepSpeed actually runs: the optimizer class that steps (its CPU Adam under offload,
+    else the client AdamW), ZeRO stage, where states live, precision, and the model's settings."""
+    def device(offload) -> str:
+        return "none" if offload is None else str(getattr(offload.device, "value", offload.device))
+
+    module = engine.module
+    precision = "bfloat16" if engine.bfloat16_enabled() else "float16" if engine.fp16_enabled() else "float32"
+    return {
+        "optimizer": type(engine.basic_optimizer).__name__,
+        "weight_decay_per_group": [group["weight_decay"] for group in engine.basic_optimizer.param_groups],
+        "zero_optimizer": type(engine.optimizer).__name__,
+        "zero_stage": engine.zero_optimization_stage(),
+        "offload_optimizer": device(engine.zero_offload_optimizer()),
+        "offload_params": device(engine.zero_offload_param()),
+        "precision": precision,
+        "parameter_dtype": str(next(module.parameters()).dtype).removeprefix("torch."),
+        "gradient_checkpointing": bool(getattr(module, "is_gradient_checkpointing", False)),
+        "attn_implementation": module.config._attn_implementation,
+        "world_size": engine.world_size,
+        "device": str(engine.device),
+    }

@@ -94,6 +94,15 @@ class MetricsLogger:
                 storage.upload_file(event_file, storage.join(self.run_dir, "tensorboard", event_file.name))
         self.synced = time.monotonic()
 
+    def write_json(self, name: str, value: Any) -> None:
+        """A JSON file beside metrics.jsonl (rank 0 only), e.g. the engine DeepSpeed built."""
+        if not self.enabled:
+            return
+        local = self.path.parent / name
+        write_text_atomic(local, json.dumps(value, indent=2) + "\n")
+        if self.remote:
+            storage.upload_file(local, storage.join(self.run_dir, name))
+
     def close(self) -> None:
         if not self.enabled:
             return

@@ -13,16 +13,17 @@ from dataclasses import dataclass
 
 import ray
 import ray.train
+import ray.train.torch
 import torch
 
 from llmft.config import Config
 from llmft.data.batching import TokenizedExamples, pack_examples, plan_epoch, trained_tokens, worker_micro_batches
 from llmft.eval.prompts import GenerationInputs
-from llmft.train.deepspeed import build_deepspeed_config, training_dtype
+from llmft.train.deepspeed import ENGINE_FILE, build_deepspeed_config, describe_engine, training_dtype
 from llmft.train.hooks import TraceAndFaultHooks
 from llmft.train.logger import MetricsLogger
 from llmft.train.loss import forward_loss, loss_scale
-from llmft.train.optim import build_optimizer, lr_lambda
+from llmft.train.optim import build_optimizer, lr_lambda, parameter_groups
 from llmft.train.stats import TokenStats, all_reduce, mfu
 
 
@@ -71,14 +72,17 @@ def join_worker_group(cfg: Config) -> tuple[int, int, torch.device]:
     # An elastic run may have fewer workers than it started with: the global batch stays the
     # same and each worker accumulates more.
     rank, world_size = context.get_world_rank(), context.get_world_size()
-    device = torch.device("cuda", context.get_local_rank()) if cfg.scaling.use_gpu else torch.device("cpu")
+    # Ray's device for this worker: the GPU Ray assigned it, found in CUDA_VISIBLE_DEVICES (the
+    # local rank is not guaranteed to index it). Set before NCCL's first collective.
+    device = ray.train.torch.get_device() if cfg.scaling.use_gpu else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     else:
         torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
     torch.manual_seed(cfg.training.seed)
-    # Ray Train has set up torch.distributed; DeepSpeed's comm layer must adopt it before
-    # zero.Init (which sizes its partitions by the world size) runs inside from_pretrained.
+    # Ray Train has set up torch.distributed (NCCL on GPUs, gloo on CPUs); DeepSpeed's comm layer
+    # must adopt it before zero.Init (which sizes its partitions by the world size) runs inside
+    # from_pretrained.
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     # DeepSpeed calls torch.distributed APIs that torch deprecates, once per collective: hundreds
     # of identical warnings per step would bury the progress lines.
@@ -118,11 +122,13 @@ def train_loop_per_worker(inputs: WorkerInput) -> None:
                                        load_universal=ckpt.needs_resharding(checkpoint, world_size))
     model = load_model(cfg, tokenizer, ds_config, getattr(torch, training_dtype(cfg)))
     num_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3 partitions
-    optimizer = None if "optimizer" in ds_config else build_optimizer(model, cfg)
+    # One weight-decay rule whichever optimizer steps: DeepSpeed's from its JSON (CPU Adam under
+    # offload) gets the same parameter groups as the torch AdamW client optimizer.
+    groups = parameter_groups(model, cfg.training.weight_decay)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
-        optimizer=optimizer,
-        model_parameters=None if optimizer else [p for p in model.parameters() if p.requires_grad],
+        optimizer=None if "optimizer" in ds_config else build_optimizer(groups, cfg),
+        model_parameters=groups,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, total_steps)),
         config=ds_config,
     )
@@ -137,6 +143,7 @@ def train_loop_per_worker(inputs: WorkerInput) -> None:
     global_step, epoch, skip = start.global_step, start.epoch, start.step_in_epoch
     logger = MetricsLogger(cfg, run_dir=inputs.run_dir, enabled=rank == 0, total_steps=total_steps,
                            resumed_at=global_step)
+    logger.write_json(ENGINE_FILE, describe_engine(engine))
 
     # ------------------------------------------------------------------ steps
     while global_step < total_steps and epoch < cfg.num_epochs:
@@ -163,7 +170,7 @@ def train_loop_per_worker(inputs: WorkerInput) -> None:
                 metrics.update(lr=lr, grad_norm=grad_norm(engine), epoch=epoch + (step_in_epoch + 1) / len(plan),
                                trained_tokens_per_second=step_stats.trained_tokens / step_time,
                                tokens_per_second=step_stats.tokens / step_time, step_time=step_time)
-                if device.type == "cuda":
+                if device.type == "cuda" and training_dtype(cfg) != "float32":  # peaks are 16-bit peaks
                     metrics["mfu"] = mfu(num_params, step_stats.tokens / step_time / world_size,
                                          torch.cuda.get_device_name(device))
                 logger.log(global_step, metrics)

@@ -9,15 +9,25 @@ import torch
 from llmft.config import Config
 
 
-def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    """AdamW without weight decay on biases and norm weights (the usual convention)."""
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """The one rule for every optimizer llmft builds: weight decay on matrices (linear layers and
+    embeddings), none on biases and norm weights.
+
+    Both optimizers take these groups: the torch AdamW client optimizer, and the optimizer
+    DeepSpeed builds from its JSON (its CPU Adam under ZeRO-Offload), through
+    `deepspeed.initialize(model_parameters=...)`. A group's own `weight_decay` wins over the JSON's.
+    """
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
             shape = getattr(param, "ds_shape", param.shape)  # ZeRO-3 keeps the real shape in ds_shape
             (no_decay if len(shape) < 2 else decay).append(param)
-    groups = [{"params": decay, "weight_decay": cfg.training.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(groups: list[dict], cfg: Config) -> torch.optim.Optimizer:
+    """The client optimizer when DeepSpeed's JSON names none: torch AdamW over `parameter_groups`."""
     return torch.optim.AdamW(groups, lr=cfg.training.learning_rate, betas=cfg.training.adam_betas,
                              eps=cfg.training.adam_eps)
 

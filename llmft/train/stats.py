@@ -55,8 +55,18 @@ def all_reduce(stats: TokenStats, device: torch.device) -> TokenStats:
 
 
 def mfu(num_params: int, tokens_per_second_per_device: float, device_name: str | None) -> float | None:
-    """Model FLOPs utilisation: 6 x params FLOPs per token (forward + backward) over peak."""
+    """Model FLOPs utilisation: 6 x params FLOPs per token (forward + backward) over the device's
+    peak dense 16-bit throughput. Recomputed activations are not counted (that is what MFU means)."""
+    peak = peak_flops(device_name)
+    return None if peak is None else 6 * num_params * tokens_per_second_per_device / peak
+
+
+def peak_flops(device_name: str | None) -> float | None:
+    """The peak of the device `torch.cuda.get_device_name` names, or None for one not in the table.
+
+    The most specific name wins: "NVIDIA L40S" is an L40S, not an L4.
+    """
     if not device_name:
         return None
-    peak = next((flops for name, flops in PEAK_BF16_FLOPS.items() if name in device_name), None)
-    return None if peak is None else 6 * num_params * tokens_per_second_per_device / peak
+    names = [name for name in PEAK_BF16_FLOPS if name in device_name.upper()]
+    return PEAK_BF16_FLOPS[max(names, key=len)] if names else None

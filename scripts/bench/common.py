@@ -318,7 +318,7 @@ def bare_train(cfg, *, steps: int, threads: int, pad_to: int | None = None,
     from llmft.data.tokenize import tokenize_split
     from llmft.models.loading import load_model
     from llmft.models.tokenizer import load_task_tokenizer
-    from llmft.train.optim import build_optimizer, lr_lambda
+    from llmft.train.optim import build_optimizer, lr_lambda, parameter_groups
     from llmft.train.loss import next_token_loss
     from llmft.train.stats import TokenStats
 
@@ -330,7 +330,7 @@ def bare_train(cfg, *, steps: int, threads: int, pad_to: int | None = None,
     data = TokenizedExamples.from_table(table)
     model = load_model(cfg, tokenizer, None, torch.float32)
     model.train()
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(parameter_groups(model, cfg.training.weight_decay), cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps))
     block_mask = cfg.model.attn_implementation != "flash_attention_2"
     records: list[dict[str, Any]] = []
@@ -344,7 +344,7 @@ def bare_train(cfg, *, steps: int, threads: int, pad_to: int | None = None,
             stats = TokenStats()
             padded = 0
             for rows in worker_micro_batches(batch, rank=0, world_size=1, micro_batch_size=cfg.training.micro_batch_size):
-                tensors = collate(data, rows, pad_id=tokenizer.pad_token_id, block_mask=block_mask and pad_to is None)
+                tensors = collate(data, rows, pad_id=tokenizer.pad_token_id, block_mask=block_mask or pad_to is not None)
                 if pad_to is not None:
                     tensors = pad_batch(tensors, pad_to, tokenizer.pad_token_id)
                 logits = model(input_ids=tensors["input_ids"], attention_mask=tensors.get("attention_mask"),

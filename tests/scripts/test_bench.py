@@ -83,7 +83,7 @@ def test_pad_batch_to_512_gives_the_unpadded_logits():
                                          num_attention_heads=2, num_key_value_heads=2)).eval()
     columns = TokenizedExamples(input_ids=[[1, 5, 6, 7], [1, 8, 9]], labels=[[-100, 5, 6, 7], [-100, 8, 9]], num_trained=[3, 2])
     tight = collate(columns, [[0], [1]], pad_id=0, block_mask=True)
-    padded = common.pad_batch(collate(columns, [[0], [1]], pad_id=0, block_mask=False), 512, pad_id=0)
+    padded = common.pad_batch(collate(columns, [[0], [1]], pad_id=0, block_mask=True), 512, pad_id=0)
     assert padded["input_ids"].shape == (2, 512)
     assert int((padded["labels"] != -100).sum()) == 5
     with torch.no_grad():
@@ -100,7 +100,7 @@ def test_pad_batch_refuses_rows_longer_than_the_width():
 
     columns = TokenizedExamples(input_ids=[[1] * 10], labels=[[1] * 10], num_trained=[10])
     with pytest.raises(ValueError):
-        common.pad_batch(collate(columns, [[0]], pad_id=0, block_mask=False), 8, pad_id=0)
+        common.pad_batch(collate(columns, [[0]], pad_id=0, block_mask=True), 8, pad_id=0)
 
 
 def test_loss_series_keeps_the_last_record_of_a_step(tmp_path):

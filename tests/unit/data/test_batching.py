@@ -100,3 +100,27 @@ def test_padded_batch_matches_unpadded(tiny_model):
                                               torch.ones(1, len(columns.input_ids[i]), dtype=torch.long))[0])
                         for i in range(6))
     assert abs(float(total) - reference) / stats.trained_tokens < 1e-5
+
+
+def test_flash_attention_layout_is_one_row_whose_positions_mark_every_example():
+    """Under flash_attention_2 (no block mask) transformers finds example boundaries from the
+    position ids only in a single-row batch (`_is_packed_sequence`); several rows would let packed
+    examples attend to each other on a GPU. The flattened row must give flash-attention's varlen
+    kernel one sequence per example, and drop the padding."""
+    from transformers.modeling_flash_attention_utils import _is_packed_sequence, prepare_fa_kwargs_from_position_ids
+
+    columns = random_examples(9, seed=4)
+    rows = [[0, 1, 2], [3], [4, 5], [], [6, 7, 8]]
+    batch = collate(columns, rows, pad_id=0, block_mask=False)
+    lengths = [len(columns.input_ids[i]) for row in rows for i in row]
+    assert "attention_mask" not in batch
+    assert batch["input_ids"].shape == (1, sum(lengths))
+    assert batch["input_ids"][0].tolist() == [t for row in rows for i in row for t in columns.input_ids[i]]
+    assert batch["labels"][0].tolist() == [t for row in rows for i in row for t in columns.labels[i]]
+    assert _is_packed_sequence(batch["position_ids"], batch_size=batch["input_ids"].shape[0])
+    (cu_seqlens, _), (max_length, _) = prepare_fa_kwargs_from_position_ids(batch["position_ids"])
+    assert cu_seqlens.tolist() == [0, *torch.tensor(lengths).cumsum(0).tolist()]
+    assert int(max_length) == max(lengths)
+    assert batch["segment_ids"][0].unique().tolist() == list(range(1, 10))  # one segment per example
+    only_fillers = collate(columns, [[], []], pad_id=0, block_mask=False)
+    assert only_fillers["input_ids"].shape == (1, 1) and (only_fillers["labels"] == -100).all()

@@ -91,3 +91,39 @@ def test_sequence_accuracy_counts_whole_examples():
         logits[0, pos, token] = 10.0
     _, stats = next_token_loss(logits, labels, segments)
     assert (stats.trained_tokens, stats.correct_tokens, stats.sequences, stats.correct_sequences) == (4, 3, 2, 1)
+
+
+def test_flash_attention_layout_gives_the_loss_of_the_examples_alone(tiny_model):
+    """The padding-free row llmft builds for flash_attention_2, run here through transformers'
+    padding-free sdpa path (no mask, restarting positions, no KV cache): the same per-example
+    losses as each example alone. Fails if forward_loss leaves the cache on or drops the positions."""
+    data = random_examples(10, seed=3)
+    packed = pack_examples(data.lengths, 40)
+    with torch.no_grad():
+        together, stats = forward_loss(tiny_model, data, packed, pad_id=0, block_mask=False, device=CPU)
+        alone = sum(float(forward_loss(tiny_model, data, [[i]], pad_id=0, block_mask=True, device=CPU)[0])
+                    for i in range(10))
+    assert float(together) == pytest.approx(alone, rel=1e-5)
+    assert stats.sequences == 10 and stats.trained_tokens == trained_tokens(data, packed)
+
+
+def test_loss_is_computed_in_fp32_from_bf16_logits():
+    """A bf16 model gives bf16 logits; the loss must be the fp32 cross-entropy of those logits
+    (a bf16 log-softmax and sum lose about 2 decimal digits over a batch)."""
+    import torch.nn.functional as F
+
+    model = tiny_llama().to(torch.bfloat16)
+    data = random_examples(8, seed=11)
+    rows = [[0, 1], [2, 3], [4, 5], [6, 7]]
+    with torch.no_grad():
+        loss, stats = forward_loss(model, data, rows, pad_id=0, block_mask=True, device=CPU)
+        batch = collate(data, rows, pad_id=0, block_mask=True)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       position_ids=batch["position_ids"]).logits
+    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    targets = batch["labels"][:, 1:].reshape(-1)
+    exact = F.cross_entropy(logits[:, :-1].double().reshape(-1, logits.size(-1)), targets, reduction="sum")
+    in_bf16 = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), targets, reduction="sum")
+    assert float(loss) == pytest.approx(float(exact), rel=1e-6)
+    assert abs(float(in_bf16) - float(exact)) > 1e3 * abs(float(loss) - float(exact))  # the test can tell them apart
+    assert stats.loss_sum == pytest.approx(float(exact), rel=1e-6)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from llmft.config import Config
-from llmft.train.optim import build_optimizer, lr_lambda
+from llmft.train.optim import build_optimizer, lr_lambda, parameter_groups
 
 
 def cfg(**training) -> Config:
@@ -34,7 +34,7 @@ def test_no_weight_decay_on_norms_and_biases_even_when_partitioned():
     for param in model.parameters():  # what ZeRO-3 leaves on a rank: empty data, real shape in ds_shape
         param.ds_shape = param.shape
         param.data = torch.empty(0)
-    optimizer = build_optimizer(model, cfg(weight_decay=0.1))
+    optimizer = build_optimizer(parameter_groups(model, 0.1), cfg(weight_decay=0.1))
     decayed, plain = optimizer.param_groups
     assert decayed["weight_decay"] == 0.1 and len(decayed["params"]) == 1  # the Linear weight
     assert plain["weight_decay"] == 0.0 and len(plain["params"]) == 3
