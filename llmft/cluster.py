@@ -85,7 +85,8 @@ def start_embedded_cluster() -> None:
     multiple active Ray instances" while another Ray runs (`ray.util.state.get_actor` ->
     `services.canonicalize_bootstrap_address_or_die`). So the GCS port is chosen here (Ray reads
     RAY_GCS_SERVER_PORT when it starts a head) and its address reaches every process of this job
-    through the job's runtime environment.
+    through the job's runtime environment. The driver's own environment is left alone: it is
+    connected already, and a later command or child process must not inherit this cluster.
     """
     import ray
 
@@ -96,10 +97,9 @@ def start_embedded_cluster() -> None:
                            log_to_driver=True, runtime_env={"env_vars": {"RAY_ADDRESS": gcs_address}})
     finally:
         del os.environ["RAY_GCS_SERVER_PORT"]
-    if context.address_info["gcs_address"] != gcs_address:  # Ray ignored the port: say so, never guess
-        raise RuntimeError(f"Ray started its GCS at {context.address_info['gcs_address']}, not {gcs_address}.")
-    # The driver's own state-API calls (Ray Data's hang detector) find the cluster the same way.
-    os.environ["RAY_ADDRESS"] = gcs_address
+    if context.address_info["gcs_address"] != gcs_address:  # the processes would look for the wrong cluster
+        ray.shutdown()
+        raise RuntimeError(f"Ray started its GCS at {context.address_info['gcs_address']}, not at {gcs_address}.")
 
 
 def _free_port() -> int:

@@ -66,6 +66,21 @@ class SharedRun:
     cache_dir: Path
 
 
+# Ray Train's controller logs this with a traceback when its autoscaling coordinator actor takes
+# over 5 s to start (a fixed timeout in Ray 2.60), as it can with three clusters on two cores.
+# Ray calls it transient and retries; it is not about which cluster a process talks to.
+RAY_TRANSIENT = "Failed to send resource request"
+
+
+def tracebacks(output: str) -> list[str]:
+    """The tracebacks in a command's output, except those following Ray's own transient warning."""
+    found, lines = [], output.splitlines()
+    for i, line in enumerate(lines):
+        if "Traceback (most recent call last)" in line and not (i and RAY_TRANSIENT in lines[i - 1]):
+            found.append("\n".join(lines[max(0, i - 2):i + 30]))
+    return found
+
+
 def _titles(proc: psutil.Process) -> str:
     return " ".join(proc.cmdline())[:200]
 
@@ -169,8 +184,10 @@ def test_two_trainings_started_together_both_finish_in_their_own_folders(shared_
     a, b = shared_run.commands["train-a"], shared_run.commands["train-b"]
     for command in (a, b):
         assert command.process.returncode == 0, command.output()[-5000:]
-        assert "Traceback" not in command.output() and "multiple active Ray" not in command.output(), \
-            command.output()[-5000:]
+        assert not tracebacks(command.output()) and "multiple active Ray" not in command.output(), \
+            tracebacks(command.output()) or command.output()[-5000:]
+        # Ray Train's PlacementGroupCleaner reached its own cluster's state API every time.
+        assert "Failed to query Ray Train Controller actor state" not in command.output()
     folders = sorted(p for p in shared_run.runs_dir.iterdir() if p.is_dir())
     assert len(folders) == 2, folders
     for folder in folders:
@@ -185,7 +202,8 @@ def test_eval_started_while_training_runs_finishes(shared_run):
     """The eval's own cluster came up while a training worker was alive, and the eval finished."""
     command = shared_run.commands["eval"]
     assert command.process.returncode == 0, command.output()[-5000:]
-    assert "Traceback" not in command.output() and "multiple active Ray" not in command.output()
+    assert not tracebacks(command.output()) and "multiple active Ray" not in command.output(), \
+        tracebacks(command.output()) or command.output()[-5000:]
     assert json.loads(shared_run.eval_out.read_text())["num_examples"] == 8
     assert any("eval" in alive and alive & {"train-a", "train-b"} for alive in shared_run.overlaps)
 
