@@ -223,7 +223,7 @@ class OutputConfig(_Section):
         "s3://bucket/prefix?endpoint_override=http://host:port for S3-compatible stores). Checkpoints, "
         "metrics.jsonl and the exported model all go there; on a multi-node cluster every node must reach it."
     )
-    run_name: str | None = Field(None, description="Run folder name under `dir`. Default: <task>-<model>-<time>.")
+    run_name: str | None = Field(None, description="Run folder name under `dir`; a new run refuses an existing folder. Default: <task>-<model>-<time>-<random>.")
     keep_checkpoints: int = Field(2, ge=1, description="Best checkpoints to keep (the latest is kept too).")
     checkpoint_metric: str = Field("valid_loss", description="Metric that ranks checkpoints.")
     checkpoint_mode: Literal["min", "max"] = Field("min", description="Whether lower or higher is better.")

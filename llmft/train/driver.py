@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import secrets
 import time
 from pathlib import Path
 
@@ -86,6 +87,8 @@ def run_training(cfg: Config, *, address: str | None = None, resume: str | None 
             worker_runtime_env={"env_vars": worker_env(extra_env)},
         ),
     )
+    if resume != "latest":
+        claim_run_folder(run_dir)
     print(f"llmft: run {run_name} -> {run_dir}", flush=True)
     result = fit(trainer)
 
@@ -109,14 +112,14 @@ def resolve_run(cfg: Config, resume: str | None) -> tuple[str, str | None]:
     """The run name to use and, for `--resume PATH`, the checkpoint to start from.
 
     `--resume latest` reuses the run's name, so Ray Train restores its own record of the run
-    and hands the workers its latest checkpoint. A fresh run never reuses an existing folder.
+    and hands the workers its latest checkpoint. A fresh run never reuses an existing folder, and
+    a generated name carries a random part, so runs started in the same second get their own.
     """
     base = cfg.output.run_name
     if resume is None:
-        name = base or f"{cfg.data.task}-{storage.basename(cfg.model.name_or_path)}-{time.strftime('%Y%m%d-%H%M%S')}"
+        name = base or f"{cfg.data.task}-{storage.basename(cfg.model.name_or_path)}-{_unique_stamp()}"
         if storage.exists(join(cfg.output.dir, name)):
-            raise LlmftError(f"Run folder {storage.shown(join(cfg.output.dir, name))} already exists. Continue it "
-                             f"with `--resume latest`, or start a new run with output.run_name=<new name>.")
+            raise LlmftError(_taken_message(join(cfg.output.dir, name)))
         return name, None
     if resume == "latest":
         if base is None:
@@ -134,8 +137,28 @@ def resolve_run(cfg: Config, resume: str | None) -> tuple[str, str | None]:
 
     path = resume if storage.is_uri(resume) else str(Path(resume).expanduser().resolve())
     check_compatible(read_state(path), cfg, where=storage.shown(path))
-    name = (base or storage.basename(storage.parent(path))) + f"-resumed-{time.strftime('%Y%m%d-%H%M%S')}"
-    return name, path
+    return f"{base or storage.basename(storage.parent(path))}-resumed-{_unique_stamp()}", path
+
+
+def claim_run_folder(run_dir: str) -> None:
+    """Create a new run's local folder, failing if it exists: of two runs given the same
+    output.run_name at once, only one gets it. (A bucket has no folders to claim.)"""
+    if storage.is_uri(run_dir):
+        return
+    try:
+        Path(run_dir).mkdir(parents=True)
+    except FileExistsError:
+        raise LlmftError(_taken_message(run_dir)) from None
+
+
+def _unique_stamp() -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
+def _taken_message(run_dir: str) -> str:
+    finished = " and holds a finished run (an exported model/)" if storage.exists(join(run_dir, "model")) else ""
+    return (f"Run folder {storage.shown(run_dir)} already exists{finished}. Continue that run with `--resume "
+            "latest`, or give another output.run_name (unset, llmft names the run <task>-<model>-<time>-<random>).")
 
 
 def scaling_config(cfg: Config):

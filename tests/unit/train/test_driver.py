@@ -1,0 +1,38 @@
+"""Run folders: a fresh run gets a folder of its own, even when started in the same second as
+another, and never writes into an existing run unless resumed."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmft.config import Config
+from llmft.errors import LlmftError
+from llmft.train.driver import claim_run_folder, resolve_run
+
+
+def config(out, run_name=None) -> Config:
+    return Config.model_validate({"model": {"name_or_path": "/models/tiny-llama"},
+                                  "data": {"task": "viggo", "train": "sample:viggo"},
+                                  "output": {"dir": str(out), "run_name": run_name}})
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
+    names = {resolve_run(config(tmp_path), None)[0] for _ in range(50)}
+    assert len(names) == 50
+    assert all(name.startswith("viggo-tiny-llama-") for name in names)
+
+
+def test_a_given_run_name_that_holds_a_run_is_refused_unless_resumed(tmp_path):
+    assert resolve_run(config(tmp_path, "mine"), None) == ("mine", None)
+    (tmp_path / "mine" / "model").mkdir(parents=True)
+    with pytest.raises(LlmftError, match=r"mine already exists and holds a finished run.*--resume latest"):
+        resolve_run(config(tmp_path, "mine"), None)
+    with pytest.raises(LlmftError, match="no complete checkpoint"):  # --resume latest reuses the folder
+        resolve_run(config(tmp_path, "mine"), "latest")
+
+
+def test_only_one_of_two_runs_claims_a_run_folder(tmp_path):
+    run_dir = str(tmp_path / "out" / "mine")
+    claim_run_folder(run_dir)
+    with pytest.raises(LlmftError, match="already exists"):
+        claim_run_folder(run_dir)
