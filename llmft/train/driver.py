@@ -25,6 +25,9 @@ def run_training(cfg: Config, *, address: str | None = None, resume: str | None 
                  extra_env: dict[str, str] | None = None) -> str:
     """Train, then export the best checkpoint. Returns the run folder (a path or a storage URI)."""
     keep_embedded_ray_on_loopback(address)
+    from llmft.train import startup
+
+    timeline = {"process_started": startup.process_started(), "launched": time.time()}
     from llmft.data.tokenize import tokenize_split
     from llmft.export import export_checkpoint
     from llmft.models.architecture import local_hidden_size
@@ -48,6 +51,8 @@ def run_training(cfg: Config, *, address: str | None = None, resume: str | None 
 
         build_deepspeed_config(cfg)  # a contradicting DeepSpeed JSON fails here, not in a worker
 
+    startup.mark(timeline, "data_ready")
+
     # -- run folder and resume point
     run_name, resume_path = resolve_run(cfg, resume)
     run_dir = join(cfg.output.dir, run_name)
@@ -62,6 +67,7 @@ def run_training(cfg: Config, *, address: str | None = None, resume: str | None 
     init_ray(address)
     check_placement(cfg)
     storage.check_every_node_reaches(cfg.output.dir, "output.dir")
+    startup.mark(timeline, "ray_ready")
     inputs = WorkerInput(
         config=cfg,
         train_data=ray.put(train_table),
@@ -70,6 +76,7 @@ def run_training(cfg: Config, *, address: str | None = None, resume: str | None 
         hidden_size=local_hidden_size(model_source(cfg, "model.name_or_path")),
         resume_path=resume_path,
         generation_eval=generation_eval_inputs(cfg, tokenizer),
+        timeline=timeline,
     )
     resources = {"CPU": cfg.scaling.cpus_per_worker, **cfg.scaling.resources_per_worker}
     if cfg.scaling.use_gpu:
@@ -91,6 +98,7 @@ def run_training(cfg: Config, *, address: str | None = None, resume: str | None 
         ),
     )
     print(f"llmft: run {run_name} -> {run_dir}", flush=True)
+    startup.mark(timeline, "fit_called")
     try:
         result = trainer.fit()
     except Exception as exc:  # Ray wraps worker errors; surface a user error's own message

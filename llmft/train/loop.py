@@ -24,6 +24,7 @@ from llmft.train.logger import MetricsLogger
 from llmft.train.loss import forward_loss, loss_scale
 from llmft.train.optim import build_optimizer, lr_lambda
 from llmft.train.stats import TokenStats, all_reduce, mfu
+from llmft.train import startup
 
 
 @dataclass
@@ -37,6 +38,7 @@ class WorkerInput:
     hidden_size: int | None                  # sizes ZeRO's buckets, when known on the driver
     resume_path: str | None                  # `--resume PATH`: the checkpoint to start from
     generation_eval: GenerationInputs | None  # the validation subset scored by generation
+    timeline: dict[str, float]               # the driver's start-up marks (llmft.train.startup)
 
 
 @dataclass
@@ -64,7 +66,12 @@ def due_after_step(cfg: Config, global_step: int, *, epoch_end: bool, last: bool
 
 def train_loop_per_worker(inputs: WorkerInput) -> None:
     # ------------------------------------------------------------------ setup
-    import deepspeed
+    # A worker process Ray started before `fit` (a pre-started one) counts from `fit`.
+    timeline, memory = {**inputs.timeline}, {}
+    timeline["worker_started"] = max(startup.process_started(), timeline.get("fit_called", 0.0))
+    startup.mark(timeline, "loop_entered", memory)
+    with startup.without_unused_mlflow(inputs.config):
+        import deepspeed
 
     from llmft import checkpoint as ckpt
     from llmft.models.loading import load_model
@@ -79,6 +86,7 @@ def train_loop_per_worker(inputs: WorkerInput) -> None:
     else:
         torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
     torch.manual_seed(cfg.training.seed)
+    startup.mark(timeline, "imports_done", memory)
     # Ray Train has set up torch.distributed; DeepSpeed's comm layer must adopt it before
     # zero.Init (which sizes its partitions by the world size) runs inside from_pretrained.
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
@@ -86,6 +94,7 @@ def train_loop_per_worker(inputs: WorkerInput) -> None:
     # of identical warnings per step would bury the progress lines.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
     hooks = TraceAndFaultHooks(rank)
+    startup.mark(timeline, "distributed_ready", memory)
 
     # ------------------------------------------------------------------ data
     # The driver tokenized and cached the data once; Ray's object store ships it to each node.
@@ -96,12 +105,14 @@ def train_loop_per_worker(inputs: WorkerInput) -> None:
                         packing=cfg.data.packing, global_batch_size=cfg.global_batch_size)
              for e in range(cfg.num_epochs)]
     total_steps = min(cfg.training.max_steps or math.inf, sum(len(plan) for plan in plans))
+    startup.mark(timeline, "data_ready_in_worker", memory)
 
     # ------------------------------------------------------------------ model
     tokenizer = load_task_tokenizer(cfg)
     ds_config = build_deepspeed_config(cfg, hidden_size=inputs.hidden_size)
     model = load_model(cfg, tokenizer, ds_config, getattr(torch, training_dtype(cfg)))
     num_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3 partitions
+    startup.mark(timeline, "model_loaded", memory)
     optimizer = None if "optimizer" in ds_config else build_optimizer(model, cfg)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
@@ -110,6 +121,7 @@ def train_loop_per_worker(inputs: WorkerInput) -> None:
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, total_steps)),
         config=ds_config,
     )
+    startup.mark(timeline, "engine_ready", memory)
     batch_args = {"pad_id": tokenizer.pad_token_id, "device": device,
                   "block_mask": cfg.model.attn_implementation != "flash_attention_2"}
 
@@ -121,6 +133,7 @@ def train_loop_per_worker(inputs: WorkerInput) -> None:
     global_step, epoch, skip = start.global_step, start.epoch, start.step_in_epoch
     logger = MetricsLogger(cfg, run_dir=inputs.run_dir, enabled=rank == 0, total_steps=total_steps,
                            resumed_at=global_step)
+    startup.mark(timeline, "resumed", memory)
 
     # ------------------------------------------------------------------ steps
     while global_step < total_steps and epoch < cfg.num_epochs:
@@ -142,6 +155,10 @@ def train_loop_per_worker(inputs: WorkerInput) -> None:
             global_step += 1
             step_stats = all_reduce(step_stats, device)
             step_time = time.perf_counter() - step_start
+            if global_step == start.global_step + 1:  # this process's first step
+                startup.mark(timeline, "first_step_done", memory)
+                logger.log(global_step, {"startup_seconds": startup.phases(timeline),
+                                         "startup_memory_gib": startup.memory_phases(memory, startup.resident_gib()["VmHWM"])})
             if global_step % cfg.logging.log_every_steps == 0 or global_step == total_steps:
                 metrics = step_stats.metrics("train")
                 metrics.update(lr=lr, grad_norm=grad_norm(engine), epoch=epoch + (step_in_epoch + 1) / len(plan),
