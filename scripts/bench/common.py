@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[2]
-BENCH_DIR = REPO / "benchmarks"
+BENCH_DIR = Path(os.environ.get("LLMFT_BENCH_DIR", REPO / "benchmarks"))  # another folder for trial runs
 WORK_DIR = REPO / "outputs" / "bench"  # run folders and logs; not committed
 SMALL_LLAMA_DIR = REPO / ".cache" / "bench" / "small-llama"
 TINY_LLAMA_DIR = REPO / ".cache" / "tiny-llama"
