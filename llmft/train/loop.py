@@ -21,7 +21,7 @@ from llmft.eval.prompts import GenerationInputs
 from llmft.train.deepspeed import build_deepspeed_config, training_dtype
 from llmft.train.hooks import TraceAndFaultHooks
 from llmft.train.logger import MetricsLogger
-from llmft.train.loss import forward_loss, loss_scale
+from llmft.train.loss import forward_loss, loss_scale, use_output_projection
 from llmft.train.optim import build_optimizer, lr_lambda
 from llmft.train.stats import TokenStats, all_reduce, mfu
 from llmft.train import startup
@@ -111,6 +111,7 @@ def train_loop_per_worker(inputs: WorkerInput) -> None:
     tokenizer = load_task_tokenizer(cfg)
     ds_config = build_deepspeed_config(cfg, hidden_size=inputs.hidden_size)
     model = load_model(cfg, tokenizer, ds_config, getattr(torch, training_dtype(cfg)))
+    use_output_projection(model)  # the loss runs in the projection's forward (chunked, ZeRO-3 aware)
     num_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3 partitions
     startup.mark(timeline, "model_loaded", memory)
     optimizer = None if "optimizer" in ds_config else build_optimizer(model, cfg)

@@ -16,11 +16,14 @@ through the output projection, and they go a chunk at a time (`chunked_cross_ent
 chunk's logits give its loss, its argmax and, when training, its gradient at once, and are then
 dropped. This is the idea of Liger's fused linear cross-entropy and torchtune's chunked loss,
 with the gradient computed in the forward so backward does no second projection.
+
+The loss runs inside the forward of the model's output projection (`OutputProjection`, put in
+place by `use_output_projection` before DeepSpeed wraps the model), so DeepSpeed ZeRO-3 gathers
+the partitioned weight for it and again for its backward, as for any layer.
 """
 
 from __future__ import annotations
 
-import contextlib
 from typing import Sequence
 
 import torch
@@ -40,8 +43,33 @@ def forward_loss(model, data: TokenizedExamples, rows: Sequence[PackedRow], *, p
                     position_ids=batch["position_ids"], use_cache=False, output_hidden_states=True,
                     logits_to_keep=torch.zeros(0, dtype=torch.long, device=device))
     # transformers gives the final (normed) hidden states as the last entry for every language model.
-    output_embeddings = getattr(model, "module", model).get_output_embeddings()
-    return next_token_loss(outputs.hidden_states[-1], output_embeddings, batch["labels"], batch["segment_ids"])
+    return next_token_loss(outputs.hidden_states[-1], getattr(model, "module", model).get_output_embeddings(),
+                           batch["labels"], batch["segment_ids"])
+
+
+class OutputProjection(torch.nn.Module):
+    """A causal LM's output projection (the same `weight`, and `bias` if any, under the same
+    state-dict keys) whose forward also computes the chunked loss: `projection(hidden)` gives
+    logits like the linear layer it replaces, `projection(hidden, targets)` the summed
+    cross-entropy and each position's correctness."""
+
+    def __init__(self, linear: torch.nn.Module):
+        super().__init__()
+        self.weight = linear.weight
+        self.bias = getattr(linear, "bias", None)
+
+    def forward(self, hidden: torch.Tensor, targets: torch.Tensor | None = None):
+        if targets is None:
+            return torch.nn.functional.linear(hidden, self.weight, self.bias)
+        return chunked_cross_entropy(hidden, self.weight, targets, bias=self.bias)
+
+
+def use_output_projection(model) -> None:
+    """Put an `OutputProjection` in place of `model`'s output embeddings (tied weights stay tied:
+    it holds the same parameter). Call it before `deepspeed.initialize`, which hooks every module."""
+    current = model.get_output_embeddings()
+    if not isinstance(current, OutputProjection):
+        model.set_output_embeddings(OutputProjection(current))
 
 
 def loss_scale(world_size: int, global_batch_trained_tokens: int) -> float:
@@ -58,9 +86,9 @@ def next_token_loss(hidden: torch.Tensor, output_embeddings: torch.nn.Module, la
     """
     targets = labels[:, 1:]
     trained = targets != -100
-    weight = output_embeddings.weight
-    with _gathered(weight):
-        loss_sum, correct = chunked_cross_entropy(hidden[:, :-1][trained], weight, targets[trained])
+    if not isinstance(output_embeddings, OutputProjection):  # a model set up without use_output_projection
+        output_embeddings = OutputProjection(output_embeddings)
+    loss_sum, correct = output_embeddings(hidden[:, :-1][trained], targets[trained])
     with torch.no_grad():
         # One slot per (row, segment): a sequence is right when no trained token in it is wrong.
         segments = segment_ids[:, 1:]
@@ -80,15 +108,16 @@ def next_token_loss(hidden: torch.Tensor, output_embeddings: torch.nn.Module, la
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                          chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed cross-entropy of the logits `hidden @ weight.T` (in fp32) against `targets`, and
-    whether each position's argmax is its target, computed `chunk_size` positions at a time.
+                          chunk_size: int | None = None, bias: torch.Tensor | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy of the logits `hidden @ weight.T + bias` (in fp32) against `targets`,
+    and whether each position's argmax is its target, computed `chunk_size` positions at a time.
 
     `hidden` is [positions, hidden] and `targets` [positions]; every target is trained.
     """
     chunk_size = chunk_size or max(1, CHUNK_LOGITS // weight.shape[0])
-    with_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    return _ChunkedCrossEntropy.apply(hidden, weight, targets, chunk_size, with_grad)
+    with_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
+    return _ChunkedCrossEntropy.apply(hidden, weight, bias, targets, chunk_size, with_grad)
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
@@ -96,14 +125,15 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     loss gradient of 1; backward scales them by the actual loss gradient (a scalar)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk_size, with_grad):
+    def forward(ctx, hidden, weight, bias, targets, chunk_size, with_grad):
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
         correct = torch.empty(targets.shape, dtype=torch.bool, device=hidden.device)
         grad_hidden = torch.empty_like(hidden) if with_grad else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if with_grad else None
+        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if with_grad and bias is not None else None
         for start in range(0, hidden.shape[0], chunk_size):
             h, t = hidden[start:start + chunk_size], targets[start:start + chunk_size]
-            logits = (h @ weight.t()).float()
+            logits = (h @ weight.t() if bias is None else torch.addmm(bias, h, weight.t())).float()
             log_norm = torch.logsumexp(logits, dim=-1)
             loss += (log_norm - logits.gather(1, t[:, None]).squeeze(1)).sum()
             correct[start:start + chunk_size] = logits.argmax(-1) == t
@@ -117,27 +147,15 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
                     grad_weight.addmm_(grad_logits.t(), h)
                 else:  # 16-bit weights: sum the chunks' products in fp32, not rounded per chunk
                     grad_weight += (grad_logits.t() @ h).float()
+                if grad_bias is not None:
+                    grad_bias += grad_logits.float().sum(0)
         ctx.mark_non_differentiable(correct)
         if with_grad:
-            ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
+            ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype),
+                                  None if grad_bias is None else grad_bias.to(bias.dtype))
         return loss, correct
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_correct):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_loss.to(grad_hidden.dtype), grad_weight * grad_loss.to(grad_weight.dtype), \
-            None, None, None
-
-
-def _gathered(weight: torch.Tensor) -> contextlib.AbstractContextManager:
-    """Under ZeRO-3 the output projection is partitioned outside its module's forward: gather it
-    for the loss. Its gradient is computed inside the loss, so backward needs no gathered copy."""
-    if getattr(weight, "ds_status", None) is None:
-        return contextlib.nullcontext()
-    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
-
-    if weight.ds_status == ZeroParamStatus.AVAILABLE:
-        return contextlib.nullcontext()
-    import deepspeed
-
-    return deepspeed.zero.GatheredParameters([weight])
+        grads = [None if g is None else g * grad_loss.to(g.dtype) for g in ctx.saved_tensors]
+        return grads[0], grads[1], grads[2], None, None, None

@@ -422,7 +422,7 @@ def bare_train(cfg, *, steps: int, threads: int, pad_to: int | None = None,
     from llmft.data.tokenize import tokenize_split
     from llmft.models.loading import load_model
     from llmft.models.tokenizer import load_task_tokenizer
-    from llmft.train.loss import forward_loss, loss_scale, next_token_loss
+    from llmft.train.loss import forward_loss, loss_scale, next_token_loss, use_output_projection
     from llmft.train.optim import build_optimizer, lr_lambda
     from llmft.train.stats import TokenStats, all_reduce
 
@@ -435,6 +435,7 @@ def bare_train(cfg, *, steps: int, threads: int, pad_to: int | None = None,
     cfg = resolve_auto(cfg, table.num_rows)
     data = TokenizedExamples.from_table(table)
     model = load_model(cfg, tokenizer, None, torch.float32)
+    use_output_projection(model)
     model.train()
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps))

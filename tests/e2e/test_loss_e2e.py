@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmft.train.loss import forward_loss
+from llmft.train.loss import forward_loss, use_output_projection
 from tests.support.batches import random_examples
 
 pytestmark = pytest.mark.e2e
@@ -61,6 +61,7 @@ def test_zero3_steps_with_the_chunked_loss_equal_plain_pytorch(tied: bool, tmp_p
                  "zero_allow_untested_optimizer": True, "zero_force_ds_cpu_optimizer": False, "gradient_clipping": 0.0}
     keep = HfDeepSpeedConfig(ds_config)  # noqa: F841 - partitions the model while it loads
     model = LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    use_output_projection(model)
     assert model.get_output_embeddings().weight.ds_status is not None  # really partitioned
     engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
                                       config=ds_config)

@@ -13,7 +13,14 @@ from llmft.data.batching import (
     trained_tokens,
     worker_micro_batches,
 )
-from llmft.train.loss import chunked_cross_entropy, forward_loss, loss_scale, next_token_loss
+from llmft.train.loss import (
+    OutputProjection,
+    chunked_cross_entropy,
+    forward_loss,
+    loss_scale,
+    next_token_loss,
+    use_output_projection,
+)
 from tests.support.batches import random_examples, tiny_llama
 
 CPU = torch.device("cpu")
@@ -68,6 +75,41 @@ def test_chunked_cross_entropy_matches_cross_entropy_at_any_chunk_size(chunk_siz
     assert torch.equal(correct, logits.argmax(-1) == targets)
     torch.testing.assert_close(hidden.grad, grad_hidden, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(weight.grad, grad_weight, rtol=1e-4, atol=1e-5)
+
+
+def test_chunked_cross_entropy_with_a_bias():
+    # Some families' output projections have a bias (e.g. Phi-2): its gradient is the summed softmax.
+    torch.manual_seed(2)
+    hidden = torch.randn(40, 8, requires_grad=True)
+    weight = torch.randn(30, 8, requires_grad=True)
+    bias = torch.randn(30, requires_grad=True)
+    targets = torch.randint(0, 30, (40,))
+    reference = F.cross_entropy(F.linear(hidden, weight, bias), targets, reduction="sum")
+    expected = torch.autograd.grad(reference, [hidden, weight, bias])
+    loss, _ = chunked_cross_entropy(hidden, weight, targets, 7, bias=bias)
+    loss.backward()
+    assert float(loss.detach()) == pytest.approx(float(reference.detach()), rel=1e-6)
+    for got, want in zip([hidden.grad, weight.grad, bias.grad], expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_output_projection_replaces_the_linear_layer_without_changing_the_model():
+    # Fails if the swap renames or copies the weight (checkpoints and exports would change, tied
+    # embeddings would come apart) or changes what generation sees.
+    for tied in (True, False):
+        model = tiny_llama()
+        model.config.tie_word_embeddings = tied
+        if tied:
+            model.lm_head.weight = model.model.embed_tokens.weight
+        keys, hidden = list(model.state_dict()), torch.randn(1, 3, 32)
+        before = model.lm_head(hidden)
+        use_output_projection(model)
+        assert isinstance(model.get_output_embeddings(), OutputProjection)
+        assert list(model.state_dict()) == keys
+        assert (model.lm_head.weight is model.model.embed_tokens.weight) == tied
+        torch.testing.assert_close(model.lm_head(hidden), before)
+        use_output_projection(model)  # idempotent
+        assert isinstance(model.lm_head, OutputProjection)
 
 
 def test_chunked_cross_entropy_of_bf16_is_computed_in_fp32():
