@@ -87,6 +87,9 @@ def next_token_loss(hidden: torch.Tensor, output_embeddings: torch.nn.Module, la
     targets = labels[:, 1:]
     trained = targets != -100
     if not isinstance(output_embeddings, OutputProjection):  # a model set up without use_output_projection
+        if hasattr(output_embeddings.weight, "ds_id"):
+            raise RuntimeError("A ZeRO-3 model needs use_output_projection(model) before deepspeed.initialize: "
+                               "its partitioned output projection is gathered only inside a module's forward.")
         output_embeddings = OutputProjection(output_embeddings)
     loss_sum, correct = output_embeddings(hidden[:, :-1][trained], targets[trained])
     with torch.no_grad():
