@@ -10,7 +10,6 @@ steps taken by plain PyTorch.
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -18,14 +17,9 @@ import torch
 
 from llmft.train.loss import forward_loss, use_output_projection
 from tests.support.batches import random_examples
+from tests.support.ray_head import free_port
 
 pytestmark = pytest.mark.e2e
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -34,7 +28,7 @@ def process_group(monkeypatch: pytest.MonkeyPatch):
     import torch.distributed as dist
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
                        "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_SIZE": "1"}.items():
         monkeypatch.setenv(key, value)
     deepspeed.init_distributed(dist_backend="gloo")
