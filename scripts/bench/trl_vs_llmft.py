@@ -180,7 +180,7 @@ def trl_run(out: str, model: str, train_file: str, steps: str) -> None:
         learning_rate=LR, lr_scheduler_type="linear", warmup_steps=WARMUP, weight_decay=0.0, adam_beta1=0.9,
         adam_beta2=0.999, adam_epsilon=1e-8, max_grad_norm=1.0, max_steps=int(steps), seed=SEED, use_cpu=True,
         bf16=False, fp16=False, save_strategy="no", report_to="none", logging_steps=10**6,
-        dataloader_num_workers=0, model_init_kwargs={"dtype": torch.float32})
+        dataloader_num_workers=0, model_init_kwargs={"dtype": "float32"})
     records: list[dict] = []
 
     class Timed(SFTTrainer):
