@@ -29,10 +29,12 @@ backward the same way (s sequence, b micro batch, h hidden, i MLP width, a heads
   `eager` attention also keeps the softmax (fp32 and 16-bit copies): + 6*a*s^2*b bytes. sdpa and
   flash attention keep no s^2 tensor.
 With gradient checkpointing each layer keeps only its input (2 sbh) and one layer at a time is
-recomputed in full during backward. Both cases add the head: final norm input (4 sbh), lm_head
-input (2 sbh) and the logits (about 12 bytes per logit: 16-bit logits, fp32 log-probabilities,
-and their fp32 gradients during backward). Sequences are taken at `data.max_length`, the worst
-case. fp32 training doubles every 16-bit figure.
+recomputed in full during backward. Both cases add the head: final norm input (4 sbh) and the
+final hidden states (2 sbh). The loss (`llmft.train.loss`) never holds the whole logits: one
+chunk of fp32 logits and its softmax (2 x 4 x CHUNK_LOGITS bytes), and from its forward to the
+backward the gradients it computed: the output projection's (an fp32 sum plus its copy in the
+training dtype, V*h*(4 + 2) bytes) and the hidden states' (2 sbh). Sequences are taken at
+`data.max_length`, the worst case. fp32 training doubles every 16-bit figure.
 
 The few special tokens a task adds to the vocabulary are left out: they change P by < 0.01%.
 """
@@ -49,6 +51,7 @@ from llmft.config import Config
 from llmft.errors import LlmftError
 from llmft.models.architecture import architecture, count_parameters, largest_layer_parameters, load_model_config
 from llmft.train.deepspeed import build_deepspeed_config, training_dtype
+from llmft.train.loss import CHUNK_LOGITS
 
 GB = 2**30
 
@@ -56,9 +59,6 @@ GB = 2**30
 # the CUDA context, NCCL's buffers and allocator fragmentation. A deliberate round figure.
 RUNTIME_RESERVE_GB = 2.5
 
-# Bytes per logit at the loss: 16-bit logits (2), fp32 log-probabilities kept by the loss (4),
-# and during backward their fp32 gradient (4) and its 16-bit cast (2).
-LOGIT_BYTES = 12
 
 # Nodes are assumed to hold up to this many GPUs (g5.48xlarge: 8 A10G; p4d/p5: 8).
 DEFAULT_GPUS_PER_NODE = 8
@@ -72,12 +72,14 @@ def activation_bytes(arch: dict[str, Any], micro_batch: int, seq_len: int, check
     per_layer = s * b * (22 * h + 8 * arch["intermediate_size"])
     if attn_implementation == "eager":
         per_layer += 6 * arch["num_heads"] * s * s * b
-    head = 6 * s * b * h + LOGIT_BYTES * s * b * arch["vocab_size"]
+    head = 8 * s * b * h
+    # The chunked loss: one chunk's fp32 logits and softmax, the output projection's gradient.
+    loss = 2 * 4 * CHUNK_LOGITS + arch["vocab_size"] * h * (4 + bytes_per_value)
     if checkpointing:
         layers = arch["num_layers"] * 2 * s * b * h + per_layer
     else:
         layers = arch["num_layers"] * per_layer
-    return int(scale * (layers + head))
+    return int(scale * (layers + head) + loss)
 
 
 # ---------------------------------------------------------------- the estimate

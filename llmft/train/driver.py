@@ -26,6 +26,9 @@ def run_training(cfg: Config, *, address: str | None = None, resume: str | None 
                  extra_env: dict[str, str] | None = None) -> str:
     """Train, then export the best checkpoint. Returns the run folder (a path or a storage URI)."""
     keep_embedded_ray_on_loopback(address)
+    from llmft.train import startup
+
+    timeline = {"process_started": startup.process_started(), "launched": time.time()}
     from llmft.data.tokenize import tokenize_split
     from llmft.export import export_checkpoint
     from llmft.models.architecture import local_hidden_size
@@ -49,6 +52,8 @@ def run_training(cfg: Config, *, address: str | None = None, resume: str | None 
 
         build_deepspeed_config(cfg)  # a contradicting DeepSpeed JSON fails here, not in a worker
 
+    startup.mark(timeline, "data_ready")
+
     # -- run folder and resume point
     run_name, resume_path = resolve_run(cfg, resume)
     run_dir = join(cfg.output.dir, run_name)
@@ -63,6 +68,7 @@ def run_training(cfg: Config, *, address: str | None = None, resume: str | None 
     init_ray(address)
     check_placement(cfg)
     storage.check_every_node_reaches(cfg.output.dir, "output.dir")
+    startup.mark(timeline, "ray_ready")
     inputs = WorkerInput(
         config=cfg,
         train_data=ray.put(train_table),
@@ -71,6 +77,7 @@ def run_training(cfg: Config, *, address: str | None = None, resume: str | None 
         hidden_size=local_hidden_size(model_source(cfg, "model.name_or_path")),
         resume_path=resume_path,
         generation_eval=generation_eval_inputs(cfg, tokenizer),
+        timeline=timeline,
     )
     scored = cfg.data.valid is not None
     trainer = TorchTrainer(
@@ -90,6 +97,7 @@ def run_training(cfg: Config, *, address: str | None = None, resume: str | None 
     if resume != "latest":
         claim_run_folder(run_dir)
     print(f"llmft: run {run_name} -> {run_dir}", flush=True)
+    startup.mark(timeline, "fit_called")
     result = fit(trainer)
 
     # -- export the best checkpoint as a Hugging Face model

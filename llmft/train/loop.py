@@ -22,9 +22,10 @@ from llmft.eval.prompts import GenerationInputs
 from llmft.train.deepspeed import ENGINE_FILE, build_deepspeed_config, describe_engine, training_dtype
 from llmft.train.hooks import TraceAndFaultHooks
 from llmft.train.logger import MetricsLogger
-from llmft.train.loss import forward_loss, loss_scale
+from llmft.train.loss import forward_loss, loss_scale, use_output_projection
 from llmft.train.optim import build_optimizer, lr_lambda, parameter_groups
 from llmft.train.stats import TokenStats, all_reduce, mfu
+from llmft.train import startup
 
 
 @dataclass
@@ -38,6 +39,7 @@ class WorkerInput:
     hidden_size: int | None                  # sizes ZeRO's buckets, when known on the driver
     resume_path: str | None                  # `--resume PATH`: the checkpoint to start from
     generation_eval: GenerationInputs | None  # the validation subset scored by generation
+    timeline: dict[str, float]               # the driver's start-up marks (llmft.train.startup)
 
 
 @dataclass
@@ -92,15 +94,22 @@ def join_worker_group(cfg: Config) -> tuple[int, int, torch.device]:
 
 def train_loop_per_worker(inputs: WorkerInput) -> None:
     # ------------------------------------------------------------------ setup
-    import deepspeed
+    # A worker process Ray started before `fit` (a pre-started one) counts from `fit`.
+    timeline, memory = {**inputs.timeline}, {}
+    timeline["worker_started"] = max(startup.process_started(), timeline.get("fit_called", 0.0))
+    startup.mark(timeline, "loop_entered", memory)
+    with startup.without_unused_mlflow(inputs.config):
+        import deepspeed
 
     from llmft import checkpoint as ckpt
     from llmft.models.loading import load_model
     from llmft.models.tokenizer import load_task_tokenizer
 
     cfg = inputs.config
+    startup.mark(timeline, "imports_done", memory)
     rank, world_size, device = join_worker_group(cfg)
     hooks = TraceAndFaultHooks(rank, world_size)
+    startup.mark(timeline, "distributed_ready", memory)
 
     # ------------------------------------------------------------------ data
     # The driver tokenized and cached the data once; Ray's object store ships it to each node.
@@ -111,6 +120,7 @@ def train_loop_per_worker(inputs: WorkerInput) -> None:
                         packing=cfg.data.packing, global_batch_size=cfg.global_batch_size)
              for e in range(cfg.num_epochs)]
     total_steps = min(cfg.training.max_steps or math.inf, sum(len(plan) for plan in plans))
+    startup.mark(timeline, "data_ready_in_worker", memory)
 
     # ------------------------------------------------------------------ model
     tokenizer = load_task_tokenizer(cfg)
@@ -121,10 +131,12 @@ def train_loop_per_worker(inputs: WorkerInput) -> None:
     ds_config = build_deepspeed_config(cfg, hidden_size=inputs.hidden_size, world_size=world_size,
                                        load_universal=ckpt.needs_resharding(checkpoint, world_size))
     model = load_model(cfg, tokenizer, ds_config, getattr(torch, training_dtype(cfg)))
+    use_output_projection(model)  # the loss runs in the projection's forward (chunked, ZeRO-3 aware)
     num_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3 partitions
     # One weight-decay rule whichever optimizer steps: DeepSpeed's from its JSON (CPU Adam under
     # offload) gets the same parameter groups as the torch AdamW client optimizer.
     groups = parameter_groups(model, cfg.training.weight_decay)
+    startup.mark(timeline, "model_loaded", memory)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=None if "optimizer" in ds_config else build_optimizer(groups, cfg),
@@ -133,6 +145,7 @@ def train_loop_per_worker(inputs: WorkerInput) -> None:
         config=ds_config,
     )
     hooks.watch(engine.module)
+    startup.mark(timeline, "engine_ready", memory)
     batch_args = {"pad_id": tokenizer.pad_token_id, "device": device,
                   "block_mask": cfg.model.attn_implementation != "flash_attention_2"}
 
@@ -144,6 +157,7 @@ def train_loop_per_worker(inputs: WorkerInput) -> None:
     logger = MetricsLogger(cfg, run_dir=inputs.run_dir, enabled=rank == 0, total_steps=total_steps,
                            resumed_at=global_step)
     logger.write_json(ENGINE_FILE, describe_engine(engine))
+    startup.mark(timeline, "resumed", memory)
 
     # ------------------------------------------------------------------ steps
     while global_step < total_steps and epoch < cfg.num_epochs:
@@ -165,6 +179,10 @@ def train_loop_per_worker(inputs: WorkerInput) -> None:
             global_step += 1
             step_stats = all_reduce(step_stats, device)
             step_time = time.perf_counter() - step_start
+            if global_step == start.global_step + 1:  # this process's first step
+                startup.mark(timeline, "first_step_done", memory)
+                logger.log(global_step, {"startup_seconds": startup.phases(timeline),
+                                         "startup_memory_gib": startup.memory_phases(memory, startup.resident_gib()["VmHWM"])})
             if global_step % cfg.logging.log_every_steps == 0 or global_step == total_steps:
                 metrics = step_stats.metrics("train")
                 metrics.update(lr=lr, grad_norm=grad_norm(engine), epoch=epoch + (step_in_epoch + 1) / len(plan),

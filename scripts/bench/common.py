@@ -1,18 +1,25 @@
-"""Shared helpers of llmft's benchmarks (scripts/bench/*.py).
+"""Shared helpers of llmft's benchmarks (scripts/bench/*.py) and the rules every result follows.
 
-- `machine_info`: what ran the benchmark (CPU, cores, memory, library versions, load, commit).
-- `write_result`: save one benchmark's figures as `benchmarks/<name>.json` and refresh the table
-  in `benchmarks/README.md` from every saved result.
-- `small_llama` / `smollm2`: the two models the benchmarks use, created or converted once.
-- `train_with_llmft`: run `llmft train` as a subprocess and measure it from outside: start-up
-  (launch to first optimizer step), per-step times from its metrics.jsonl and the peak memory
-  of each Ray Train worker process.
-- `bare_train`: the same model, data, batches, loss and optimizer in a plain single-process
-  PyTorch loop, the reference llmft's overhead is measured against.
+Rules (each benchmark goes through these helpers, so none can skip them):
+- A result is saved only from a clean, committed tree (`check_tree`): the commit is recorded; with
+  `--allow-dirty` the result is written but marked DIRTY in the JSON and in the README table.
+- Each arm runs at least 3 times, interleaved (`interleaved`: A B C, A B C, ...), so a burst of
+  load on the shared machine hits every arm alike. Figures are min / median / max (`spread`);
+  ratios are ratios of medians (`ratio_of_medians`).
+- The load average is recorded before and after. Warm-up steps are excluded and named in `setup`.
+- `write_result` saves `benchmarks/<name>.json` and rewrites `benchmarks/README.md` from every
+  saved JSON, with a "met" column against the goals as the issue states them.
+
+Models: `small_llama` / `smollm2` / `tiny_llama`. Runs: `train_with_llmft` runs `llmft train` as
+a subprocess, as a user does, and measures it from outside (launch to first optimizer step, step
+times from metrics.jsonl, the start-up breakdown llmft writes there, peak memory of every Ray
+Train worker). `bare_train` is the same model, data, batches, loss and optimizer in a plain PyTorch
+loop, the reference for framework overhead.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -27,19 +34,81 @@ from pathlib import Path
 from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[2]
-BENCH_DIR = REPO / "benchmarks"
+BENCH_DIR = Path(os.environ.get("LLMFT_BENCH_DIR", REPO / "benchmarks"))  # another folder for trial runs
 WORK_DIR = REPO / "outputs" / "bench"  # run folders and logs; not committed
 SMALL_LLAMA_DIR = REPO / ".cache" / "bench" / "small-llama"
+TINY_LLAMA_DIR = REPO / ".cache" / "tiny-llama"
 SMOLLM2_DIR = REPO / ".cache" / "models" / "smollm2-135m"
 TINY_CONFIG = REPO / "configs" / "viggo" / "tiny-cpu.yaml"
 SMOLLM2_CONFIG = REPO / "configs" / "viggo" / "smollm2-cpu.yaml"
-SHARED_MACHINE_NOTE = ("The machine's 2 cores were shared with other engineers running tests while "
-                       "this ran; see load_average. Figures are noisy (about +-30%); ratios measured "
-                       "in one run are more stable than absolute figures.")
+SHARED_MACHINE_NOTE = ("2 cores shared with other engineers' work: each run took the machine-wide lock "
+                       "for heavy jobs, but processes outside it may still have run (see the load "
+                       "averages). Arms are interleaved, so load hits them alike; ratios of medians "
+                       "are steadier than the absolute figures.")
 GIB = 1024 ** 3
+MIN_SAMPLES = 3
 
 
-# ----------------------------------------------------------------------------- results
+# ----------------------------------------------------------------------------- rules
+
+
+def arguments(description: str, samples: int = MIN_SAMPLES) -> argparse.ArgumentParser:
+    """The options every benchmark takes: --samples and --allow-dirty."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--samples", type=int, default=samples, help=f"Runs per arm, interleaved (>= {MIN_SAMPLES}).")
+    parser.add_argument("--allow-dirty", action="store_true",
+                        help="Run from a tree with uncommitted changes; the result is marked DIRTY.")
+    return parser
+
+
+def check_tree(args: argparse.Namespace) -> dict[str, Any]:
+    """The commit the benchmark runs; refuses an uncommitted tree unless --allow-dirty."""
+    commit = _git("rev-parse", "HEAD")
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks"))
+    if dirty and not args.allow_dirty:
+        sys.exit("Refusing to benchmark: the tree has uncommitted changes (git status). Commit them, or pass "
+                 "--allow-dirty to get a result marked DIRTY.")
+    if args.samples < MIN_SAMPLES and not args.allow_dirty:
+        sys.exit(f"--samples {args.samples}: a result needs at least {MIN_SAMPLES} samples per arm.")
+    return {"git_commit": commit, "git_dirty": dirty, "samples_per_arm": args.samples,
+            "load_average_before": list(os.getloadavg()), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def interleaved(arms: dict[str, Callable[[], Any]], samples: int) -> dict[str, list[Any]]:
+    """Run every arm `samples` times in round-robin order; results per arm, in run order."""
+    results: dict[str, list[Any]] = {name: [] for name in arms}
+    for index in range(samples):
+        for name, run in arms.items():
+            print(f"[sample {index + 1}/{samples}] {name}", flush=True)
+            results[name].append(run())
+    return results
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    """min, median and max of a figure's samples (and the samples)."""
+    values = [float(v) for v in values]
+    return {"min": min(values), "median": statistics.median(values), "max": max(values), "n": len(values),
+            "values": values}
+
+
+def ratio_of_medians(numerator: list[float] | dict, denominator: list[float] | dict) -> float:
+    top = numerator["median"] if isinstance(numerator, dict) else statistics.median(numerator)
+    bottom = denominator["median"] if isinstance(denominator, dict) else statistics.median(denominator)
+    return top / bottom if bottom else float("inf")
+
+
+def fmt_spread(figure: dict[str, Any], fmt: str = "{:.2f}", unit: str = "") -> str:
+    """`median (min-max)` of a spread."""
+    return (f"{fmt.format(figure['median'])}{unit} ({fmt.format(figure['min'])}-{fmt.format(figure['max'])}, "
+            f"n={figure['n']})")
+
+
+def summary_row(figure: str, value: str, goal: str | None = None, met: bool | None = None) -> dict[str, Any]:
+    return {"figure": figure, "value": value, "goal": goal, "met": met}
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator else float("inf")
 
 
 def machine_info() -> dict[str, Any]:
@@ -70,30 +139,36 @@ def machine_info() -> dict[str, Any]:
         "os": platform.platform(),
         "python": platform.python_version(),
         "versions": {name: version(name) for name in ("torch", "transformers", "deepspeed", "ray", "tokenizers",
-                                                      "datasets", "llmft")},
-        "git_commit": _git("rev-parse", "--short", "HEAD"),
-        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+                                                      "datasets", "trl", "llmft")},
         "load_average": list(os.getloadavg()),
-        "note": SHARED_MACHINE_NOTE,
     }
 
 
-def write_result(name: str, result: dict[str, Any], *, started_load: list[float] | None = None,
-                 bench_dir: Path = BENCH_DIR) -> Path:
-    """Save `result` (with machine details) as `<bench_dir>/<name>.json` and refresh the README table.
+def write_result(name: str, result: dict[str, Any], *, tree: dict[str, Any] | None = None,
+                 started_load: list[float] | None = None, bench_dir: Path = BENCH_DIR) -> Path:
+    """Save `result` (with machine and tree details) as `<bench_dir>/<name>.json` and refresh the README.
 
     `result` must hold `summary`: a list of {"figure", "value", "goal", "met"} rows for the table.
+    `tree` is what `check_tree` returned at the start.
     """
+    machine = machine_info()
     record = {"benchmark": name, "command": f"python scripts/bench/{name}.py",
-              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **result, "machine": machine_info()}
-    if started_load is not None:
+              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **result, "machine": machine}
+    if tree is not None:
+        record["tree"] = {**tree, "load_average_after": machine["load_average"]}
+    elif started_load is not None:
         record["machine"]["load_average_at_start"] = started_load
     bench_dir.mkdir(parents=True, exist_ok=True)
     path = bench_dir / f"{name}.json"
     _write_atomic(path, json.dumps(record, indent=2) + "\n")
+    rewrite_readme(bench_dir)
+    return path
+
+
+def rewrite_readme(bench_dir: Path = BENCH_DIR) -> Path:
     results = [json.loads(p.read_text()) for p in sorted(bench_dir.glob("*.json"))]
     _write_atomic(bench_dir / "README.md", render_readme(results))
-    return path
+    return bench_dir / "README.md"
 
 
 def render_readme(results: list[dict[str, Any]]) -> str:
@@ -101,22 +176,32 @@ def render_readme(results: list[dict[str, Any]]) -> str:
     lines = [
         "# Benchmarks",
         "",
-        "Latest output of each benchmark in `scripts/bench/`; rerun one with the command shown. Each",
-        "JSON file holds the full figures and the machine's details (CPU, memory, library versions,",
-        "load average, git commit). This table is regenerated from those files.",
+        "Written by `python scripts/bench/suite.py` (all of them) or one `scripts/bench/<name>.py`; this page is",
+        "regenerated from the JSON files beside it, which hold every sample, the setup and the machine.",
+        "Rules: results only from a committed tree (its commit is shown; a result from an uncommitted tree",
+        "is marked DIRTY); every arm at least 3 times, interleaved; figures are median (min-max, n samples);",
+        "ratios are ratios of medians; warm-up steps are excluded (named in each JSON's `setup`); the load",
+        "average (1 min) is recorded before and after. Goals are those of the issue, as written.",
         "",
         f"> {SHARED_MACHINE_NOTE}",
         "",
-        "| benchmark | figure | measured | goal | met | run (load avg) |",
-        "|---|---|---|---|---|---|",
+        "| benchmark | figure | measured: median (min-max, n) | goal | met | commit | load before -> after |",
+        "|---|---|---|---|---|---|---|",
     ]
     for result in results:
+        tree = result.get("tree") or {}
         machine = result.get("machine", {})
-        load = machine.get("load_average") or []
-        when = f"{result.get('finished', '?')[:16]} ({load[0]:.1f})" if load else result.get("finished", "?")[:16]
+        commit = (tree.get("git_commit") or machine.get("git_commit") or "?")[:8]
+        if tree.get("git_dirty", machine.get("git_dirty")):
+            commit += " DIRTY"
+        if not tree:
+            commit += " (old rules: 1 sample)"
+        before = tree.get("load_average_before") or machine.get("load_average_at_start") or []
+        after = tree.get("load_average_after") or machine.get("load_average") or []
+        load = f"{before[0]:.1f} -> {after[0]:.1f}" if before and after else ""
         for row in result.get("summary", []):
             met = {True: "yes", False: "**no**", None: ""}[row.get("met")]
-            cells = [f"`{result['command']}`", row["figure"], row["value"], row.get("goal") or "", met, when]
+            cells = [f"`{result['command']}`", row["figure"], row["value"], row.get("goal") or "", met, commit, load]
             lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     lines += ["", "Machine of the latest runs: " + _machine_line(results[-1]["machine"]) if results else "", ""]
     return "\n".join(lines)
@@ -126,14 +211,6 @@ def _machine_line(machine: dict[str, Any]) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in machine.get("versions", {}).items() if v)
     return (f"{machine.get('cpu_model')} ({machine.get('logical_cpus')} logical CPUs, "
             f"{'/'.join(machine.get('cpu_flags', []))}), {machine.get('memory_gib')} GiB, no GPU; {versions}.")
-
-
-def summary_row(figure: str, value: str, goal: str | None = None, met: bool | None = None) -> dict[str, Any]:
-    return {"figure": figure, "value": value, "goal": goal, "met": met}
-
-
-def ratio(numerator: float, denominator: float) -> float:
-    return numerator / denominator if denominator else float("inf")
 
 
 # ----------------------------------------------------------------------------- models
@@ -147,6 +224,15 @@ def small_llama() -> Path:
     if not (SMALL_LLAMA_DIR / "config.json").is_file():
         make_tiny_llama(SMALL_LLAMA_DIR, num_layers=4, hidden_size=256, vocab_size=2048, seed=0)
     return SMALL_LLAMA_DIR
+
+
+def tiny_llama() -> Path:
+    """`llmft models make-tiny` (2 layers, hidden 64): the tiny model of the start-up goal. Made once."""
+    from llmft.models.tiny import make_tiny_llama
+
+    if not (TINY_LLAMA_DIR / "config.json").is_file():
+        make_tiny_llama(TINY_LLAMA_DIR)
+    return TINY_LLAMA_DIR
 
 
 def smollm2() -> Path:
@@ -177,20 +263,35 @@ class TrainRun:
         return self.first_step_seconds - float(first.get("step_time", 0.0))
 
     @property
+    def startup_breakdown(self) -> dict[str, float]:
+        """llmft's own start-up phases (rank 0's `startup_seconds` record in metrics.jsonl)."""
+        return next((r["startup_seconds"] for r in self.records if "startup_seconds" in r), {})
+
+    @property
+    def startup_memory(self) -> dict[str, float]:
+        """Rank 0's memory growth per start-up phase and first-step peak (`startup_memory_gib`)."""
+        return next((r["startup_memory_gib"] for r in self.records if "startup_memory_gib" in r), {})
+
+    @property
     def train_records(self) -> list[dict[str, Any]]:
         return [r for r in self.records if "train_loss" in r]
 
 
-def train_with_llmft(config: Path, overrides: list[str], *, label: str, poll_seconds: float = 0.25) -> TrainRun:
-    """Run `llmft train CONFIG overrides` in a subprocess and measure it from outside."""
+def train_with_llmft(config: Path, overrides: list[str], *, label: str, poll_seconds: float = 0.25,
+                     env: dict[str, str] | None = None, export: bool = False) -> TrainRun:
+    """Run `llmft train CONFIG overrides` in a subprocess and measure it from outside.
+
+    The run folder is `WORK_DIR/<label>-<time>` (its log beside it, with `.log`); `export` keeps
+    the command's export of the trained model (to `<run folder>/model`)."""
     WORK_DIR.mkdir(parents=True, exist_ok=True)
     run_name = f"{label}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = WORK_DIR / run_name
     log_path = WORK_DIR / f"{run_name}.log"
     command = [sys.executable, "-m", "llmft.cli", "train", str(config), f"output.dir={WORK_DIR}",
-               f"output.run_name={run_name}", "output.export_best=false", "logging.progress_bar=false", *overrides]
+               f"output.run_name={run_name}", f"output.export_best={str(export).lower()}", "logging.progress_bar=false",
+               *overrides]
     print(f"  $ llmft train {config.relative_to(REPO)} {' '.join(overrides)}", flush=True)
-    env = dict(os.environ, PYTHONWARNINGS="ignore", RAY_DEDUP_LOGS="1")
+    env = dict(os.environ, PYTHONWARNINGS="ignore", RAY_DEDUP_LOGS="1", **(env or {}))
     env.pop("RAY_ADDRESS", None)  # an embedded Ray of its own: other engineers' clusters stay out
     started = time.perf_counter()
     first_step = None
@@ -200,7 +301,7 @@ def train_with_llmft(config: Path, overrides: list[str], *, label: str, poll_sec
         watcher.start(process.pid, poll_seconds)
         metrics = run_dir / "metrics.jsonl"
         while process.poll() is None:
-            if first_step is None and metrics.is_file() and metrics.stat().st_size > 0:
+            if first_step is None and metrics.is_file() and "train_loss" in metrics.read_text():
                 first_step = time.perf_counter() - started
             time.sleep(poll_seconds)
         wall = time.perf_counter() - started
@@ -306,33 +407,41 @@ def bare_train(cfg, *, steps: int, threads: int, pad_to: int | None = None,
                on_step: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Train `cfg`'s model on its data for `steps` optimizer steps in this process, no Ray or DeepSpeed.
 
-    Same tokenizer, model loading, epoch plan, collate, loss, AdamW, schedule and clipping as an
-    llmft worker. `pad_to` pads every micro-batch to that many tokens with a plain 2D padding mask
-    (the reference recipe's batching when combined with `data.packing=false`).
-    Returns one record per step: step, train_loss, step_time, trained_tokens, tokens.
+    Same tokenizer, model loading, epoch plan, loss (`forward_loss`), AdamW, schedule and clipping as
+    an llmft worker. With torch.distributed initialised (a bare DDP run, `bare_ddp_main`) the model is
+    wrapped in DistributedDataParallel and each rank trains its slice of every global batch.
+    `pad_to` pads every micro-batch to that many tokens with a plain 2D padding mask (the reference
+    recipe's batching, with `data.packing=false`). Returns one record per step: step, train_loss,
+    step_time, trained_tokens, tokens, padded_tokens.
     """
     import torch
+    import torch.distributed as dist
 
     from llmft.config import resolve_auto
     from llmft.data.batching import TokenizedExamples, collate, plan_epoch, trained_tokens, worker_micro_batches
     from llmft.data.tokenize import tokenize_split
     from llmft.models.loading import load_model
     from llmft.models.tokenizer import load_task_tokenizer
+    from llmft.train.loss import forward_loss, loss_scale, next_token_loss, use_output_projection
     from llmft.train.optim import build_optimizer, lr_lambda, parameter_groups
-    from llmft.train.loss import next_token_loss
-    from llmft.train.stats import TokenStats
+    from llmft.train.stats import TokenStats, all_reduce
 
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.training.seed)
+    distributed = dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     tokenizer = load_task_tokenizer(cfg)
     table = tokenize_split(cfg, tokenizer, "train")
     cfg = resolve_auto(cfg, table.num_rows)
     data = TokenizedExamples.from_table(table)
     model = load_model(cfg, tokenizer, None, torch.float32)
+    use_output_projection(model)
     model.train()
     optimizer = build_optimizer(parameter_groups(model, cfg.training.weight_decay), cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps))
+    trained_model = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
     block_mask = cfg.model.attn_implementation != "flash_attention_2"
+    cpu = torch.device("cpu")
     records: list[dict[str, Any]] = []
     epoch = 0
     while len(records) < steps:
@@ -340,24 +449,35 @@ def bare_train(cfg, *, steps: int, threads: int, pad_to: int | None = None,
                           packing=cfg.data.packing, global_batch_size=cfg.global_batch_size)
         for batch in plan:
             start = time.perf_counter()
-            batch_trained = trained_tokens(data, batch)
+            scale = loss_scale(world, trained_tokens(data, batch))  # DDP averages over ranks, as DeepSpeed does
             stats = TokenStats()
             padded = 0
-            for rows in worker_micro_batches(batch, rank=0, world_size=1, micro_batch_size=cfg.training.micro_batch_size):
-                tensors = collate(data, rows, pad_id=tokenizer.pad_token_id, block_mask=block_mask or pad_to is not None)
-                if pad_to is not None:
-                    tensors = pad_batch(tensors, pad_to, tokenizer.pad_token_id)
-                logits = model(input_ids=tensors["input_ids"], attention_mask=tensors.get("attention_mask"),
-                               position_ids=tensors["position_ids"], use_cache=False).logits
-                loss_sum, micro_stats = next_token_loss(logits, tensors["labels"], tensors["segment_ids"])
-                (loss_sum / max(batch_trained, 1)).backward()
+            micro_batches = worker_micro_batches(batch, rank=rank, world_size=world,
+                                                 micro_batch_size=cfg.training.micro_batch_size)
+            for index, rows in enumerate(micro_batches):
+                sync = index == len(micro_batches) - 1 or not distributed
+                with (trained_model.no_sync() if not sync else _null()):
+                    if pad_to is None:
+                        loss_sum, micro_stats = forward_loss(trained_model, data, rows, pad_id=tokenizer.pad_token_id,
+                                                             block_mask=block_mask, device=cpu)
+                    else:
+                        tensors = pad_batch(collate(data, rows, pad_id=tokenizer.pad_token_id, block_mask=False),
+                                            pad_to, tokenizer.pad_token_id)
+                        hidden = trained_model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"],
+                                               position_ids=tensors["position_ids"], use_cache=False,
+                                               output_hidden_states=True, logits_to_keep=torch.zeros(0, dtype=torch.long)
+                                               ).hidden_states[-1]
+                        loss_sum, micro_stats = next_token_loss(hidden, model.get_output_embeddings(),
+                                                                tensors["labels"], tensors["segment_ids"])
+                        padded += int(tensors["input_ids"].numel())
+                    (loss_sum * scale).backward()
                 stats.add(micro_stats)
-                padded += int(tensors["input_ids"].numel())
             if cfg.training.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.training.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            stats = all_reduce(stats, cpu)
             record = {"step": len(records) + 1, "train_loss": stats.loss_sum / max(stats.trained_tokens, 1),
                       "step_time": time.perf_counter() - start, "trained_tokens": stats.trained_tokens,
                       "tokens": stats.tokens, "padded_tokens": padded}
@@ -368,6 +488,47 @@ def bare_train(cfg, *, steps: int, threads: int, pad_to: int | None = None,
                 break
         epoch += 1
     return records
+
+
+def bare_ddp(cfg_path: Path, overrides: list[str], *, steps: int, world_size: int, threads: int) -> list[dict[str, Any]]:
+    """`bare_train` in `world_size` processes with torch DDP over gloo (torchrun); rank 0's records."""
+    WORK_DIR.mkdir(parents=True, exist_ok=True)
+    out = WORK_DIR / f"bare-ddp-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={world_size}", "--master_addr=127.0.0.1",
+               f"--master_port={_free_port()}", str(Path(__file__).resolve()), "bare-ddp", str(cfg_path), str(out),
+               str(steps), str(threads), *overrides]
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=str(threads))
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"bare DDP run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return json.loads(out.read_text())
+
+
+def _bare_ddp_main(cfg_path: str, out: str, steps: str, threads: str, *overrides: str) -> None:
+    """One rank of `bare_ddp` (started by torchrun)."""
+    import torch.distributed as dist
+
+    from llmft.config import load_config
+
+    dist.init_process_group("gloo")
+    records = bare_train(load_config(Path(cfg_path), list(overrides)), steps=int(steps), threads=int(threads))
+    if dist.get_rank() == 0:
+        Path(out).write_text(json.dumps(records))
+    dist.destroy_process_group()
+
+
+def _null():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def pad_batch(tensors: dict, width: int, pad_id: int) -> dict:
@@ -422,3 +583,8 @@ def _write_atomic(path: Path, text: str) -> None:
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
         tmp.write(text)
     os.replace(tmp.name, path)
+
+
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "bare-ddp":
+    sys.path.insert(0, str(REPO))
+    _bare_ddp_main(*sys.argv[2:])

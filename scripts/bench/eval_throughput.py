@@ -1,20 +1,23 @@
-"""Evaluation throughput: batched greedy generation against one example at a time.
+"""Evaluation throughput through `llmft eval` itself: batched generation against one prompt at a time.
 
-    python scripts/bench/eval_throughput.py [--model PATH] [--examples 32] [--batch-sizes 8 16] [--threads 2]
+    python scripts/bench/eval_throughput.py [--samples 3] [--examples 32] [--model PATH]
 
-Uses `llmft.eval.generate.Replica` (the model replica `llmft eval` runs on each Ray worker)
-directly, in this process, on the first `--examples` prompts of the ViGGO sample test split:
-with all prompts in batches of each of `--batch-sizes` (left-padded, KV cache; `llmft eval`
-uses 8), and one prompt per call. The model defaults to the latest fine-tuned export of the demo (outputs/demo/runs/*/model),
-which has the task's stop token and so answers like `llmft eval` of a fine-tune; without one it
-is SmolLM2-135M-Instruct with 3 solved examples in each prompt (a few-shot baseline). Both modes
-must give the same answers (greedy); the share of identical answers is reported.
-Goal: batched at least 4x the examples/s of one at a time.
+Runs `llmft eval configs/viggo/smollm2-cpu.yaml --limit N` as a user does (embedded Ray, Ray Data
+`map_batches` over one model replica per worker, the config's 2 workers x 1 CPU), once with its
+default `--batch-size 16` and once with `--batch-size 1`, interleaved. The figure is examples per
+second as `llmft eval` reports it in its results (`generation.examples_per_second`: from the
+start of generation on Ray, model replicas' start-up included, to the last answer); the whole
+command's wall time is recorded too. Both modes must give the same answers (greedy decoding).
+The model is a fine-tune of the demo when one exists under outputs/demo/runs, else
+SmolLM2-135M-Instruct with 3 solved examples in each prompt (a few-shot baseline).
+Goal: batched >= 4x one at a time.
 """
 
 from __future__ import annotations
 
-import argparse
+import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,68 +30,60 @@ GOAL = 4.0
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="Model folder (default: the demo's latest fine-tune).")
+    parser = common.arguments(__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=32)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--model", default=None)
     args = parser.parse_args()
-    started_load = common.machine_info()["load_average"]
+    tree = common.check_tree(args)
+    model, few_shot = resolve_model(args.model)
 
-    from llmft.config import load_config
-    from llmft.eval.generate import Replica
-    from llmft.eval.prompts import generation_inputs
-    from llmft.eval.run import eval_config
-    from llmft.models.tokenizer import load_tokenizer
-    from llmft.tasks import get_task
+    def run(batch_size: int) -> dict:
+        out = common.WORK_DIR / f"eval-b{batch_size}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        command = [sys.executable, "-m", "llmft.cli", "eval", str(common.SMOLLM2_CONFIG), "--model", str(model),
+                   "--limit", str(args.examples), "--few-shot", str(few_shot), "--batch-size", str(batch_size),
+                   "--out", str(out)]
+        env = dict(os.environ, PYTHONWARNINGS="ignore")
+        env.pop("RAY_ADDRESS", None)
+        common.WORK_DIR.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        done = subprocess.run(command, cwd=common.REPO, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        if done.returncode != 0:
+            raise RuntimeError(f"llmft eval failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+        results = json.loads(out.read_text())
+        predictions = [json.loads(line)["prediction"]
+                       for line in out.with_suffix(".predictions.jsonl").read_text().splitlines()]
+        return {"examples_per_second": results["generation"]["examples_per_second"],
+                "generation_seconds": results["generation"]["seconds"], "wall_seconds": wall,
+                "predictions": predictions, "results": str(out)}
 
-    model_path, few_shot = resolve_model(args.model)
-    cfg = load_config(common.SMOLLM2_CONFIG, [f"model.name_or_path={model_path}"])
-    task = get_task("viggo")
-    tokenizer = load_tokenizer(cfg)
-    # The prompts, references and generation length `llmft eval` would use.
-    inputs = generation_inputs(cfg, tokenizer, "test", limit=args.examples, few_shot=few_shot)
-    examples, prompts, max_new_tokens = inputs.examples, inputs.prompts, inputs.max_new_tokens
-    generator = Replica(eval_config(cfg), stop_token=task.stop_token, max_new_tokens=max_new_tokens,
-                        num_threads=args.threads)
-    print(f"model {model_path} ({few_shot}-shot prompts), {len(prompts)} prompts, max_new_tokens {max_new_tokens}, "
-          f"{args.threads} threads", flush=True)
-
-    generator.generate(prompts[:2])  # warm-up: first-call allocations and kernel selection
-    batched_seconds, batched = {}, {}
-    for size in args.batch_sizes:
-        start = time.perf_counter()
-        answers = []
-        for i in range(0, len(prompts), size):
-            answers += [a.text for a in generator.generate(prompts[i:i + size])]
-        batched_seconds[size], batched[size] = time.perf_counter() - start, answers
-        print(f"batched (batch {size}): {batched_seconds[size]:.1f} s", flush=True)
-    start = time.perf_counter()
-    single = [generator.generate([prompt])[0].text for prompt in prompts]
-    single_seconds = time.perf_counter() - start
-    print(f"one at a time: {single_seconds:.1f} s", flush=True)
-
-    new_tokens = sum(len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1 for text in single)
-    exact = sum(p.strip() == ex.reference.strip() for p, ex in zip(single, examples)) / len(prompts)
-    speedups = {size: single_seconds / seconds for size, seconds in batched_seconds.items()}
-    same = {size: sum(a == b for a, b in zip(batched[size], single)) / len(prompts) for size in batched}
-    rows = [[f"batched ({size})", f"{seconds:.1f}", f"{len(prompts) / seconds:.2f}", f"{new_tokens / seconds:.0f}",
-             f"{speedups[size]:.2f}x", f"{same[size]:.0%}"] for size, seconds in batched_seconds.items()]
-    rows.append(["one at a time", f"{single_seconds:.1f}", f"{len(prompts) / single_seconds:.2f}",
-                 f"{new_tokens / single_seconds:.0f}", "1.00x", "-"])
-    print()
-    common.print_table(["mode", "seconds", "examples/s", "answer tokens/s", "speed-up", "same answers"], rows)
-    summary = [common.summary_row(f"batched ({size}) / one at a time, examples/s (Replica, {args.threads} threads)",
-                                  f"{speedups[size]:.1f}x", f">= {GOAL}x", speedups[size] >= GOAL)
-               for size in args.batch_sizes]
-    summary.append(common.summary_row("batched answers identical to one-at-a-time answers",
-                                      ", ".join(f"{same[size]:.0%} (batch {size})" for size in args.batch_sizes)))
+    samples = common.interleaved({f"batch {args.batch_size}": lambda: run(args.batch_size),
+                                  "one at a time (batch 1)": lambda: run(1)}, args.samples)
+    batched, single = samples[f"batch {args.batch_size}"], samples["one at a time (batch 1)"]
+    figures = {name: {key: common.spread([s[key] for s in runs])
+                      for key in ("examples_per_second", "generation_seconds", "wall_seconds")}
+               for name, runs in samples.items()}
+    speedup = common.ratio_of_medians(figures[f"batch {args.batch_size}"]["examples_per_second"],
+                                      figures["one at a time (batch 1)"]["examples_per_second"])
+    wall = common.ratio_of_medians(figures["one at a time (batch 1)"]["wall_seconds"],
+                                   figures[f"batch {args.batch_size}"]["wall_seconds"])
+    same = sum(a == b for a, b in zip(batched[0]["predictions"], single[0]["predictions"])) / args.examples
+    common.print_table(["mode", "examples/s", "whole command s"],
+                       [[name, common.fmt_spread(f["examples_per_second"]), common.fmt_spread(f["wall_seconds"], "{:.0f}")]
+                        for name, f in figures.items()])
+    summary = [
+        common.summary_row(f"`llmft eval` batched ({args.batch_size}) / one at a time, examples/s (SmolLM2-135M, "
+                           f"{few_shot}-shot, {args.examples} ViGGO test prompts, 2 Ray Data replicas)",
+                           f"{speedup:.1f}x (whole command: {wall:.1f}x)", f">= {GOAL:.0f}x", speedup >= GOAL),
+        common.summary_row("batched answers identical to one-at-a-time answers", f"{same:.0%}"),
+    ]
     path = common.write_result("eval_throughput", {
-        "setup": {"model": str(model_path), "few_shot": few_shot, "examples": len(prompts),
-                  "batch_sizes": args.batch_sizes, "threads": args.threads, "max_new_tokens": max_new_tokens,
-                  "answer_tokens": new_tokens, "data": "sample:viggo@test"},
-        "batched_seconds": batched_seconds, "single_seconds": single_seconds, "speedup": speedups,
-        "identical_answers": same, "exact_match_one_at_a_time": exact, "summary": summary}, started_load=started_load)
+        "setup": {"model": str(model), "few_shot": few_shot, "examples": args.examples, "data": "sample:viggo@test",
+                  "command": "llmft eval configs/viggo/smollm2-cpu.yaml --model M --limit N --batch-size B",
+                  "warmup": "none: every run is a fresh command, as a user runs it"},
+        "arms": figures, "speedup": speedup, "wall_speedup": wall, "identical_answers": same,
+        "summary": summary}, tree=tree)
     print(f"\nsaved {path}")
 
 

@@ -1,22 +1,22 @@
-"""Trained tokens per second: llmft's packing against padding every example to 512 tokens.
+"""Packing against length-grouped padding, llmft's two batching modes, on the ViGGO sample.
 
-    python scripts/bench/packing.py [--model smollm2|small] [--steps 4] [--threads 2]
+    python scripts/bench/packing.py [--samples 3]
 
-One model (SmolLM2-135M by default), the ViGGO sample data and max_length 512, trained in one
-process with llmft's own batching, loss and optimizer, in three ways:
-- `pad-to-512`: one example per row, every row padded to 512 tokens with a plain padding mask
-  (the reference recipe's batching);
-- `length-grouped`: one example per row, rows of similar length batched together and padded to
-  the longest of the micro-batch (llmft's `data.packing: false`);
-- `packed`: several examples per 512-token row with a block-diagonal attention mask (llmft's
-  default `data.packing: true`).
-Each does `--steps` optimizer steps of 2 rows per micro-batch x 2 micro-batches; the first step
-is warm-up and left out. Goal: packing at least 3x the trained tokens/s of padding to 512.
+`llmft train` of SmolLM2-135M with the demo's config (2 Ray workers, ZeRO-3, fp32, global batch
+4 rows in micro-batches of 2) at the recipe's context of 512 tokens, in both of llmft's modes:
+- `packed` (`data.packing: true`, the default): several examples per 512-token row, positions
+  restarting per example and a block-diagonal attention mask;
+- `length-grouped` (`data.packing: false`): one example per row, rows of similar length batched
+  together and padded to the longest of the micro-batch.
+The headline is packed / length-grouped trained tokens/s (steps after the first, which is
+warm-up). Beside it, labelled for what it is: packed against padding every example to 512
+tokens (the reference recipe's batching), measured in a bare loop in this process, since llmft
+has no pad-to-512 mode; with ~50-token examples that ratio mostly counts padding that was never
+needed. Goal: packed / length-grouped >= 1.5x.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -24,60 +24,60 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 
-GOAL = 3.0
+GOAL = 1.5
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["smollm2", "small"], default="smollm2")
-    parser.add_argument("--steps", type=int, default=4, help="Optimizer steps per arm (the first is warm-up).")
-    parser.add_argument("--threads", type=int, default=2)
+    parser = common.arguments(__doc__.splitlines()[0])
+    parser.add_argument("--packed-steps", type=int, default=3)
+    parser.add_argument("--grouped-steps", type=int, default=8)
     args = parser.parse_args()
-    started_load = common.machine_info()["load_average"]
+    tree = common.check_tree(args)
 
     from llmft.config import load_config
 
-    model = common.smollm2() if args.model == "smollm2" else common.small_llama()
-    base = [f"model.name_or_path={model}", "data.valid=null", "data.max_length=512",
-            "training.micro_batch_size=2", "training.global_batch_size=4", "scaling.num_workers=1",
-            "model.gradient_checkpointing=false", "training.warmup_steps=0"]
-    arms_spec = {
-        "pad-to-512": (["data.packing=false"], 512),
-        "length-grouped": (["data.packing=false"], None),
-        "packed": (["data.packing=true"], None),
+    model = common.smollm2()
+    base = [f"model.name_or_path={model}", "data.valid=null", "data.max_length=512"]
+    arms = {
+        "packed": lambda: common.train_with_llmft(
+            common.SMOLLM2_CONFIG, [*base, "data.packing=true", f"training.max_steps={args.packed_steps}"],
+            label="packing-packed").train_records,
+        "length-grouped": lambda: common.train_with_llmft(
+            common.SMOLLM2_CONFIG, [*base, "data.packing=false", f"training.max_steps={args.grouped_steps}"],
+            label="packing-grouped").train_records,
+        "pad-to-512 (bare loop, 1 process x 2 threads)": lambda: common.bare_train(
+            load_config(common.SMOLLM2_CONFIG, [*base, "data.packing=false", "scaling.num_workers=1"]),
+            steps=2, threads=2, pad_to=512),
+        "packed (bare loop, 1 process x 2 threads)": lambda: common.bare_train(
+            load_config(common.SMOLLM2_CONFIG, [*base, "data.packing=true", "scaling.num_workers=1"]),
+            steps=2, threads=2),
     }
-    arms, rows = {}, []
-    for name, (extra, pad_to) in arms_spec.items():
-        print(f"{name}: {args.steps} steps", flush=True)
-        cfg = load_config(common.TINY_CONFIG, [*base, *extra])
-        records = common.bare_train(cfg, steps=args.steps, threads=args.threads, pad_to=pad_to,
-                                    on_step=lambda r: print(f"  step {r['step']}: {r['step_time']:.1f} s, "
-                                                            f"{r['trained_tokens']} trained tokens", flush=True))
-        figures = common.step_figures(records)
-        computed = sum(r["padded_tokens"] for r in records[1:])
-        arms[name] = {**figures, "computed_positions": computed,
-                      "real_token_share": sum(r["tokens"] for r in records[1:]) / max(computed, 1)}
-    reference = arms["pad-to-512"]["trained_tokens_per_second"]
-    for name, figures in arms.items():
-        figures["speedup_vs_pad_to_512"] = common.ratio(figures["trained_tokens_per_second"], reference)
-        rows.append([name, f"{figures['trained_tokens_per_second']:,.1f}", f"{figures['median_step_seconds']:.1f}",
-                     f"{figures['real_token_share']:.0%}", f"{figures['speedup_vs_pad_to_512']:.2f}x"])
-    print()
-    common.print_table(["batching", "trained tok/s", "s/step", "real tokens", "vs pad-to-512"], rows)
-    packed = arms["packed"]["speedup_vs_pad_to_512"]
+    samples = common.interleaved(arms, args.samples)
+    figures = {name: {"trained_tokens_per_second": common.spread(
+        [common.step_figures(records)["trained_tokens_per_second"] for records in runs]),
+        "tokens_per_second": common.spread([common.step_figures(records)["tokens_per_second"] for records in runs]),
+        "steps_measured": common.step_figures(runs[0])["steps"]} for name, runs in samples.items()}
+    headline = common.ratio_of_medians(figures["packed"]["trained_tokens_per_second"],
+                                       figures["length-grouped"]["trained_tokens_per_second"])
+    padded = common.ratio_of_medians(figures["packed (bare loop, 1 process x 2 threads)"]["trained_tokens_per_second"],
+                                     figures["pad-to-512 (bare loop, 1 process x 2 threads)"]["trained_tokens_per_second"])
+    rows = [[name, common.fmt_spread(f["trained_tokens_per_second"], "{:.0f}")] for name, f in figures.items()]
+    common.print_table(["arm", "trained tokens/s"], rows)
+    print(f"  packed / length-grouped {headline:.2f}x; packed / pad-to-512 (bare loop) {padded:.1f}x")
     summary = [
-        common.summary_row(f"packed / pad-to-512, trained tokens/s ({args.model})", f"{packed:.1f}x",
-                           f">= {GOAL}x", packed >= GOAL),
-        common.summary_row(f"length-grouped / pad-to-512, trained tokens/s ({args.model})",
-                           f"{arms['length-grouped']['speedup_vs_pad_to_512']:.1f}x"),
-        common.summary_row(f"packed trained tokens/s ({args.model}, {args.threads} threads)",
-                           f"{arms['packed']['trained_tokens_per_second']:,.0f} tok/s"),
+        common.summary_row("packed / length-grouped, trained tokens/s (`llmft train`, SmolLM2-135M, ViGGO sample, "
+                           f"512-token context; {common.fmt_spread(figures['packed']['trained_tokens_per_second'], '{:.0f}')}"
+                           f" vs {common.fmt_spread(figures['length-grouped']['trained_tokens_per_second'], '{:.0f}')} tok/s)",
+                           f"{headline:.2f}x", f">= {GOAL}x", headline >= GOAL),
+        common.summary_row("for reference only: packed / every example padded to 512 (the reference recipe's batching; "
+                           "bare loop, mostly padding that was never needed)", f"{padded:.1f}x"),
     ]
     path = common.write_result("packing", {
-        "setup": {"model": args.model, "model_path": str(model), "data": "sample:viggo@train", "max_length": 512,
-                  "steps": args.steps, "warmup_steps_excluded": 1, "threads": args.threads,
-                  "batch": "2 rows per micro-batch x 2 micro-batches per step, one process (no Ray)"},
-        "arms": arms, "summary": summary}, started_load=started_load)
+        "setup": {"model": str(model), "config": "configs/viggo/smollm2-cpu.yaml", "overrides": base,
+                  "steps": {"packed": args.packed_steps, "length-grouped": args.grouped_steps, "bare": 2},
+                  "warmup_steps_excluded": 1},
+        "arms": figures, "packed_over_length_grouped": headline, "packed_over_pad_to_512": padded,
+        "summary": summary}, tree=tree)
     print(f"\nsaved {path}")
 
 

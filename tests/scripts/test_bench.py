@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import sys
@@ -42,26 +43,55 @@ def test_step_figures_need_a_step_after_warmup():
         common.step_figures([{"step": 1, "step_time": 1.0, "trained_tokens": 5}])
 
 
-def test_render_readme_has_a_row_per_figure_and_marks_missed_goals():
+def test_render_readme_has_a_row_per_figure_and_marks_missed_goals_and_dirty_trees():
     results = [{"benchmark": "x", "command": "python scripts/bench/x.py", "finished": "2026-11-22T01:00:00+0000",
                 "summary": [common.summary_row("speed", "2.0x", ">= 3x", False),
                             common.summary_row("max |a - b|", "40 s")],
-                "machine": {"load_average": [3.5, 3.0, 2.0], "cpu_model": "CPU", "logical_cpus": 2,
+                "tree": {"git_commit": "0123456789abcdef", "git_dirty": True, "load_average_before": [3.5, 3.0, 2.0],
+                         "load_average_after": [1.25, 1.0, 1.0]},
+                "machine": {"load_average": [1.25, 1.0, 1.0], "cpu_model": "CPU", "logical_cpus": 2,
                             "memory_gib": 24, "versions": {"torch": "2.13"}}}]
     text = common.render_readme(results)
     rows = [line for line in text.splitlines() if line.startswith("| `python scripts/bench/x.py`")]
     assert len(rows) == 2
-    assert "**no**" in rows[0] and ">= 3x" in rows[0] and "(3.5)" in rows[0]
+    assert "**no**" in rows[0] and ">= 3x" in rows[0] and "3.5 -> 1.2" in rows[0]
+    assert "01234567 DIRTY" in rows[0]
     assert "max \\|a - b\\|" in rows[1]  # a bare | would split the cell
-    assert all(row.count(" | ") == 5 for row in rows)
-    assert "shared with other engineers" in text
+    assert all(row.count(" | ") == 6 for row in rows)
 
 
-def test_write_result_saves_machine_details_and_refreshes_readme(tmp_path):
-    path = common.write_result("demo_bench", {"summary": [common.summary_row("figure", "1")]}, bench_dir=tmp_path)
+def test_check_tree_refuses_uncommitted_changes_and_too_few_samples(monkeypatch):
+    monkeypatch.setattr(common, "_git", lambda *args: " M llmft/x.py" if args[0] == "status" else "abc123")
+    with pytest.raises(SystemExit, match="uncommitted"):
+        common.check_tree(argparse.Namespace(samples=3, allow_dirty=False))
+    marked = common.check_tree(argparse.Namespace(samples=3, allow_dirty=True))
+    assert marked["git_dirty"] is True and marked["git_commit"] == "abc123"
+    monkeypatch.setattr(common, "_git", lambda *args: "" if args[0] == "status" else "abc123")
+    with pytest.raises(SystemExit, match="at least 3"):
+        common.check_tree(argparse.Namespace(samples=2, allow_dirty=False))
+    clean = common.check_tree(argparse.Namespace(samples=3, allow_dirty=False))
+    assert clean["git_dirty"] is False and len(clean["load_average_before"]) == 3
+
+
+def test_arms_run_interleaved_and_figures_are_min_median_max():
+    order = []
+    results = common.interleaved({"a": lambda: order.append("a") or len(order), "b": lambda: order.append("b") or 0},
+                                 3)
+    assert order == ["a", "b", "a", "b", "a", "b"]
+    assert results["a"] == [1, 3, 5]
+    figure = common.spread([3.0, 1.0, 2.0])
+    assert (figure["min"], figure["median"], figure["max"], figure["n"]) == (1.0, 2.0, 3.0, 3)
+    assert common.ratio_of_medians([4.0, 6.0, 5.0], common.spread([1.0, 2.0, 9.0])) == 2.5
+
+
+def test_write_result_saves_tree_and_machine_details_and_refreshes_readme(tmp_path):
+    tree = {"git_commit": "abc", "git_dirty": False, "samples_per_arm": 3, "load_average_before": [0.5, 0.5, 0.5]}
+    path = common.write_result("demo_bench", {"summary": [common.summary_row("figure", "1")]}, tree=tree,
+                               bench_dir=tmp_path)
     saved = json.loads(path.read_text())
     assert saved["machine"]["logical_cpus"] >= 1
     assert saved["machine"]["versions"]["torch"]
+    assert saved["tree"]["git_commit"] == "abc" and len(saved["tree"]["load_average_after"]) == 3
     assert "figure" in (tmp_path / "README.md").read_text()
     assert not list(tmp_path.glob(".*"))  # no temp files left behind
 

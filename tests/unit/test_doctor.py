@@ -39,7 +39,7 @@ def test_a_gpu_recipe_lists_what_this_node_lacks(monkeypatch):
     assert code == 1
     assert {"GPUs", "NCCL", "bf16 GPUs"} <= set(report["missing"])
     assert checks["CPU Adam"]["status"] == "ok"  # offload needs it; this node can build it
-    assert "9.5 GB per GPU" in checks["GPU memory"]["detail"]  # llmft plan's figure for 7B on 16 GPUs
+    assert "7.4 GB per GPU" in checks["GPU memory"]["detail"]  # llmft plan's figure for 7B on 16 GPUs
 
 
 def test_a_cpu_config_runs_here(monkeypatch, tiny_model_dir):

@@ -15,7 +15,7 @@ from llmft.data.batching import (
     trained_tokens,
     worker_micro_batches,
 )
-from llmft.train.loss import next_token_loss
+from llmft.train.loss import forward_loss
 from tests.support.batches import random_examples, tiny_llama
 
 
@@ -71,16 +71,12 @@ def test_packed_and_unpacked_give_the_same_per_token_loss(tiny_model):
     columns = random_examples(12, seed=5)
     rows = pack_examples(columns.lengths, 40)
     assert any(len(row) > 1 for row in rows)
-    packed = collate(columns, rows, pad_id=0, block_mask=True)
+    cpu = torch.device("cpu")
     with torch.no_grad():
-        logits = tiny_model(input_ids=packed["input_ids"], attention_mask=packed["attention_mask"],
-                            position_ids=packed["position_ids"]).logits
-        packed_sum, packed_stats = next_token_loss(logits, packed["labels"], packed["segment_ids"])
+        packed_sum, packed_stats = forward_loss(tiny_model, columns, rows, pad_id=0, block_mask=True, device=cpu)
         single_sum, single_tokens = 0.0, 0
         for i in range(12):
-            one = collate(columns, [[i]], pad_id=0, block_mask=True)
-            out = tiny_model(input_ids=one["input_ids"], position_ids=one["position_ids"]).logits
-            loss, stats = next_token_loss(out, one["labels"], one["segment_ids"])
+            loss, stats = forward_loss(tiny_model, columns, [[i]], pad_id=0, block_mask=False, device=cpu)
             single_sum += float(loss)
             single_tokens += stats.trained_tokens
     assert packed_stats.trained_tokens == single_tokens == trained_tokens(columns, [[i] for i in range(12)])
@@ -90,14 +86,11 @@ def test_packed_and_unpacked_give_the_same_per_token_loss(tiny_model):
 
 def test_padded_batch_matches_unpadded(tiny_model):
     columns = random_examples(6, seed=9)
-    padded = collate(columns, [[i] for i in range(6)], pad_id=0, block_mask=True)
+    cpu = torch.device("cpu")
     with torch.no_grad():
-        logits = tiny_model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"],
-                            position_ids=padded["position_ids"]).logits
-        total, stats = next_token_loss(logits, padded["labels"], padded["segment_ids"])
-        reference = sum(float(next_token_loss(tiny_model(input_ids=torch.tensor([columns.input_ids[i]])).logits,
-                                              torch.tensor([columns.labels[i]]),
-                                              torch.ones(1, len(columns.input_ids[i]), dtype=torch.long))[0])
+        total, stats = forward_loss(tiny_model, columns, [[i] for i in range(6)], pad_id=0, block_mask=True,
+                                    device=cpu)
+        reference = sum(float(forward_loss(tiny_model, columns, [[i]], pad_id=0, block_mask=False, device=cpu)[0])
                         for i in range(6))
     assert abs(float(total) - reference) / stats.trained_tokens < 1e-5
 

@@ -1,9 +1,11 @@
-"""The one loss: `forward_loss` (collate, forward, summed loss and counts) and the scaling rule."""
+"""The one loss: `forward_loss` (collate, forward, summed loss and counts), its chunked
+cross-entropy, and the scaling rule."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from llmft.data.batching import (
     collate,
@@ -11,7 +13,14 @@ from llmft.data.batching import (
     trained_tokens,
     worker_micro_batches,
 )
-from llmft.train.loss import forward_loss, loss_scale, next_token_loss
+from llmft.train.loss import (
+    OutputProjection,
+    chunked_cross_entropy,
+    forward_loss,
+    loss_scale,
+    next_token_loss,
+    use_output_projection,
+)
 from tests.support.batches import random_examples, tiny_llama
 
 CPU = torch.device("cpu")
@@ -22,17 +31,111 @@ def tiny_model():
     return tiny_llama()
 
 
-def test_forward_loss_is_the_next_token_loss_of_the_collated_rows(tiny_model):
+def full_logits_loss(model, batch) -> torch.Tensor:
+    """The textbook loss: whole fp32 logits, shifted, cross-entropy summed over trained labels."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   position_ids=batch["position_ids"]).logits.float()
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), batch["labels"][:, 1:].reshape(-1),
+                           ignore_index=-100, reduction="sum")
+
+
+def test_forward_loss_and_its_gradients_equal_the_full_logits_loss(tiny_model):
+    # Fails if the chunked loss shifts labels wrongly, trains a masked position, drops a chunk,
+    # or gets the gradient of the hidden states or of the output projection wrong.
+    model = tiny_llama(hidden_size=16, layers=1).train()
     data = random_examples(6, seed=1)
     rows = [[0, 1], [2], [3, 4, 5]]
-    loss, stats = forward_loss(tiny_model, data, rows, pad_id=0, block_mask=True, device=CPU)
     batch = collate(data, rows, pad_id=0, block_mask=True)
-    logits = tiny_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                        position_ids=batch["position_ids"]).logits
-    expected, expected_stats = next_token_loss(logits, batch["labels"], batch["segment_ids"])
-    assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
-    assert stats == expected_stats
+    reference = full_logits_loss(model, batch)
+    reference.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    loss, stats = forward_loss(model, data, rows, pad_id=0, block_mask=True, device=CPU)
+    (loss * 0.5).backward()
+    assert float(loss.detach()) == pytest.approx(float(reference.detach()), rel=1e-6)
+    assert stats.loss_sum == pytest.approx(float(reference.detach()), rel=1e-6)
     assert stats.trained_tokens == trained_tokens(data, rows)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, 0.5 * expected[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 64, 1000])
+def test_chunked_cross_entropy_matches_cross_entropy_at_any_chunk_size(chunk_size):
+    # Fails if a chunk boundary loses or repeats positions, or the argmax flags go to the wrong rows.
+    torch.manual_seed(0)
+    hidden = torch.randn(150, 24, requires_grad=True)
+    weight = (0.3 * torch.randn(90, 24)).requires_grad_()
+    targets = torch.randint(0, 90, (150,))
+    logits = hidden @ weight.t()
+    reference = F.cross_entropy(logits, targets, reduction="sum")
+    grad_hidden, grad_weight = torch.autograd.grad(3.0 * reference, [hidden, weight])
+    loss, correct = chunked_cross_entropy(hidden, weight, targets, chunk_size)
+    (3.0 * loss).backward()
+    assert float(loss.detach()) == pytest.approx(float(reference.detach()), rel=1e-6)
+    assert torch.equal(correct, logits.argmax(-1) == targets)
+    torch.testing.assert_close(hidden.grad, grad_hidden, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(weight.grad, grad_weight, rtol=1e-4, atol=1e-5)
+
+
+def test_chunked_cross_entropy_with_a_bias():
+    # Some families' output projections have a bias (e.g. Phi-2): its gradient is the summed softmax.
+    torch.manual_seed(2)
+    hidden = torch.randn(40, 8, requires_grad=True)
+    weight = torch.randn(30, 8, requires_grad=True)
+    bias = torch.randn(30, requires_grad=True)
+    targets = torch.randint(0, 30, (40,))
+    reference = F.cross_entropy(F.linear(hidden, weight, bias), targets, reduction="sum")
+    expected = torch.autograd.grad(reference, [hidden, weight, bias])
+    loss, _ = chunked_cross_entropy(hidden, weight, targets, 7, bias=bias)
+    loss.backward()
+    assert float(loss.detach()) == pytest.approx(float(reference.detach()), rel=1e-6)
+    for got, want in zip([hidden.grad, weight.grad, bias.grad], expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_output_projection_replaces_the_linear_layer_without_changing_the_model():
+    # Fails if the swap renames or copies the weight (checkpoints and exports would change, tied
+    # embeddings would come apart) or changes what generation sees.
+    for tied in (True, False):
+        model = tiny_llama()
+        model.config.tie_word_embeddings = tied
+        if tied:
+            model.lm_head.weight = model.model.embed_tokens.weight
+        keys, hidden = list(model.state_dict()), torch.randn(1, 3, 32)
+        before = model.lm_head(hidden)
+        use_output_projection(model)
+        assert isinstance(model.get_output_embeddings(), OutputProjection)
+        assert list(model.state_dict()) == keys
+        assert (model.lm_head.weight is model.model.embed_tokens.weight) == tied
+        torch.testing.assert_close(model.lm_head(hidden), before)
+        use_output_projection(model)  # idempotent
+        assert isinstance(model.lm_head, OutputProjection)
+
+
+def test_chunked_cross_entropy_of_bf16_is_computed_in_fp32():
+    # The GPU path: 16-bit hidden states and weights, softmax and loss in fp32, the weight's
+    # gradient summed over chunks in fp32. Fails if the loss comes from bf16 log-probabilities,
+    # the chunks' weight gradients are summed in bf16, or the gradients come back in fp32.
+    torch.manual_seed(1)
+    hidden = torch.randn(64, 32).bfloat16().requires_grad_()
+    weight = (0.2 * torch.randn(500, 32)).bfloat16().requires_grad_()
+    targets = torch.randint(0, 500, (64,))
+    exact = F.cross_entropy(hidden.float() @ weight.float().t(), targets, reduction="sum")
+    exact_grads = torch.autograd.grad(exact, [hidden, weight])
+    autograd_bf16 = torch.autograd.grad(F.cross_entropy((hidden @ weight.t()).float(), targets, reduction="sum"),
+                                        [hidden, weight])
+    loss, _ = chunked_cross_entropy(hidden, weight, targets, 1)  # 64 chunks: rounding per chunk would add up
+    loss.backward()
+    assert loss.dtype == torch.float32
+    assert float(loss.detach()) == pytest.approx(float(exact.detach()), rel=1e-3)
+    assert hidden.grad.dtype == weight.grad.dtype == torch.bfloat16
+
+    def error(got, want):
+        return float((got.float() - want.float()).norm() / want.float().norm())
+
+    for got, bf16, want in zip([hidden.grad, weight.grad], autograd_bf16, exact_grads):
+        assert error(got, want) < 1e-2
+        assert error(got, want) <= 1.5 * error(bf16, want)  # no worse than plain bf16 autograd
 
 
 def test_packed_rows_give_the_loss_of_the_examples_alone(tiny_model):
@@ -85,11 +188,14 @@ def test_loss_scale():
 def test_sequence_accuracy_counts_whole_examples():
     labels = torch.tensor([[-100, 5, 6, -100, 7, 8]])
     segments = torch.tensor([[1, 1, 1, 2, 2, 2]])
-    logits = torch.full((1, 6, 10), -10.0)
+    # An identity output projection: the hidden state at a position is its logits.
+    head = torch.nn.Linear(10, 10, bias=False)
+    torch.nn.init.eye_(head.weight)
+    hidden = torch.full((1, 6, 10), -10.0)
     # predictions for positions 1..5: right, right, (masked), right, wrong
     for pos, token in enumerate([5, 6, 0, 7, 9]):
-        logits[0, pos, token] = 10.0
-    _, stats = next_token_loss(logits, labels, segments)
+        hidden[0, pos, token] = 10.0
+    _, stats = next_token_loss(hidden, head, labels, segments)
     assert (stats.trained_tokens, stats.correct_tokens, stats.sequences, stats.correct_sequences) == (4, 3, 2, 1)
 
 
