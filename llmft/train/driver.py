@@ -57,6 +57,7 @@ def run_training(cfg: Config, *, address: str | None = None, resume: str | None 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from llmft.data.batching import TokenizedExamples
     from llmft.train.loop import WorkerInput, train_loop_per_worker
 
     init_ray(address)
@@ -64,13 +65,15 @@ def run_training(cfg: Config, *, address: str | None = None, resume: str | None 
     storage.check_every_node_reaches(cfg.output.dir, "output.dir")
     inputs = WorkerInput(
         config=cfg,
-        train_data=ray.put(train_table),
-        valid_data=ray.put(valid_table) if valid_table is not None else None,
+        # Flat arrays, which workers map from the object store without copying.
+        train_data=ray.put(TokenizedExamples.from_table(train_table)),
+        valid_data=ray.put(TokenizedExamples.from_table(valid_table)) if valid_table is not None else None,
         run_dir=run_dir,
         hidden_size=local_hidden_size(model_source(cfg, "model.name_or_path")),
         resume_path=resume_path,
         generation_eval=generation_eval_inputs(cfg, tokenizer),
     )
+    del train_table, valid_table  # the object store holds the data now
     resources = {"CPU": cfg.scaling.cpus_per_worker, **cfg.scaling.resources_per_worker}
     if cfg.scaling.use_gpu:
         resources["GPU"] = 1
