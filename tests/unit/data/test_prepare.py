@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -31,8 +32,7 @@ def test_json_report_for_the_viggo_sample(tmp_path, tiny_tokenizer, capsys):
     assert [r["trained"] for r in runs] == [False, True]
     assert runs[1]["text"].strip().endswith("<END_MR>")
     for split in ("train", "valid"):
-        assert (tmp_path / "cache" / "tokenized").glob("*.parquet")
-        assert train["cache"].endswith(".parquet")
+        assert list(Path(report["splits"][split]["cache"]).glob("part-*.parquet"))
 
 
 def test_human_report_marks_trained_text(tmp_path, tiny_tokenizer, capsys):
