@@ -133,8 +133,9 @@ def train_loop_per_worker(inputs: WorkerInput) -> None:
         for step_in_epoch in range(skip, len(plan)):
             step_start = time.perf_counter()
             lr = engine.optimizer.param_groups[0]["lr"]
-            scale = loss_scale(world_size, trained_tokens(train_data, plan[step_in_epoch]))
-            micro_batches = worker_micro_batches(plan[step_in_epoch], rank=rank, world_size=world_size,
+            batch = plan[step_in_epoch]
+            scale = loss_scale(world_size, trained_tokens(train_data, batch))
+            micro_batches = worker_micro_batches(batch, rank=rank, world_size=world_size,
                                                  micro_batch_size=cfg.training.micro_batch_size)
             hooks.record_examples(global_step + 1, epoch, micro_batches)
             step_stats = TokenStats()
