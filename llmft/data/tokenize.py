@@ -369,13 +369,12 @@ def _map_pieces(tokenize: Callable, pieces: list, processes: int, tokenizer) -> 
     saved = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     try:
-        with ProcessPoolExecutor(processes, mp_context=context, initializer=_start_worker,
-                                 initargs=(tokenizer,)) as pool:
-            results = pool.map(tokenize, pieces)
-            _restore_env("TOKENIZERS_PARALLELISM", saved)  # the workers are forked by now
-            yield from results
+        pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_start_worker, initargs=(tokenizer,))
+        results = pool.map(tokenize, pieces)  # starts the workers
     finally:
         _restore_env("TOKENIZERS_PARALLELISM", saved)
+    with pool:
+        yield from results
 
 
 _worker_tokenizer = None
@@ -384,7 +383,6 @@ _worker_tokenizer = None
 def _start_worker(tokenizer) -> None:
     global _worker_tokenizer
     _worker_tokenizer = tokenizer
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 
 def _restore_env(name: str, value: str | None) -> None:
