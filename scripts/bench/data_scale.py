@@ -20,13 +20,15 @@ about 53 tokens each with SmolLM2's tokenizer) in a JSONL file, and
 - plan_epoch: in the actor, each epoch 1..repeats timed (epoch 0 is in the start-up); goal <= 2 s at 1M.
 
 The 5M size needs about 16 GB; it is skipped (and the table says so) when less is available.
-Refuses to save a result from a tree with uncommitted changes (pass --dirty to measure anyway).
+Sizes can be run one at a time (`--sizes 5000000`): results of other sizes saved from the same
+commit are kept. Refuses to save a result from a tree with uncommitted changes (pass --dirty to measure anyway).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import shutil
 import sys
@@ -77,9 +79,13 @@ def main() -> None:
                 results[size] = {"skipped": f"{available / 2**30:.1f} GiB available"}
                 continue
             print(f"\n{size:,} examples", flush=True)
+            load_before = list(os.getloadavg())
             results[size] = measure_size(size, Path(tmp), model, tokenizer, cpus, args.repeats)
+            results[size]["load_average"] = {"start": load_before, "end": list(os.getloadavg())}
             gc.collect()
 
+    results = earlier_sizes_of_this_commit() | results
+    results = dict(sorted(results.items()))
     rows, summary = table_rows(results, cpus)
     print()
     common.print_table(["examples", "cold tokenize (pool)", "examples/s", "pool / 1 process", "cache hit",
@@ -173,6 +179,17 @@ def _run_actors(ref, world_size: int) -> list[dict]:
     finally:
         for actor in actors:
             ray.kill(actor)
+
+
+def earlier_sizes_of_this_commit() -> dict[int, dict]:
+    """Sizes measured by an earlier run at the same commit, so that sizes can be run separately."""
+    path = common.BENCH_DIR / "data_scale.json"
+    if not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text())
+    if earlier.get("machine", {}).get("git_commit") != common.machine_info()["git_commit"]:
+        return {}
+    return {int(size): result for size, result in earlier.get("results", {}).items()}
 
 
 def _available_bytes() -> int:
