@@ -63,7 +63,7 @@ IGNORE_INDEX = -100
 _METADATA_KEY = b"llmft"
 STATS_FILE = "stats.json"
 # Below this a split is tokenized in the calling process; above, pieces of about
-# PIECE_BYTES (at least one per process) go to a process pool.
+# PIECE_BYTES (at least two per process, so that the processes finish together) go to a pool.
 SMALL_SPLIT_BYTES = 1 << 20
 PIECE_BYTES = 16 << 20
 # The same for rows held in memory (hub datasets, samples, .parquet/.csv/.json files).
@@ -347,14 +347,17 @@ def _pieces(cfg, split: str) -> tuple[list[RowRange | SourceRows], list[str]]:
         size = path.stat().st_size
         if size < SMALL_SPLIT_BYTES:
             return jsonl_ranges(path, source_of(cfg, split), 1), []
-        count = max(cfg.data.tokenize_processes or _usable_cpus(), -(-size // PIECE_BYTES))
-        return jsonl_ranges(path, source_of(cfg, split), count), []
+        return jsonl_ranges(path, source_of(cfg, split), _piece_count(cfg, size, PIECE_BYTES)), []
     rows = read_unchecked(cfg, split)
     n = len(rows.rows)
-    count = 1 if n < SMALL_SPLIT_ROWS else max(cfg.data.tokenize_processes or _usable_cpus(), -(-n // PIECE_ROWS))
+    count = 1 if n < SMALL_SPLIT_ROWS else _piece_count(cfg, n, PIECE_ROWS)
     bounds = [n * k // count for k in range(count + 1)]
     pieces = [SourceRows(rows.source, rows.rows[a:b], rows.where[a:b]) for a, b in zip(bounds, bounds[1:])]
     return pieces, rows.problems
+
+
+def _piece_count(cfg, amount: int, per_piece: int) -> int:
+    return max(2 * (cfg.data.tokenize_processes or _usable_cpus()), -(-amount // per_piece))
 
 
 def _map_pieces(tokenize: Callable, pieces: list, processes: int, tokenizer) -> Iterable[PieceResult]:
