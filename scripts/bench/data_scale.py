@@ -11,7 +11,7 @@ about 53 tokens each with SmolLM2's tokenizer) in a JSONL file, and
 - per-worker memory for the data: Ray actors on this node get the `TokenizedExamples` by object
   reference as training workers do (the driver puts `TokenizedExamples.from_table(table)`),
   plan an epoch, collate a first micro-batch and touch every token, then report their growth in
-  private memory (RssAnon) and in pages mapped from the object store (RssShmem + RssFile). One
+  private memory (RssAnon) and in resident pages of the object store's mapping (/dev/shm/plasma*). One
   actor alone, then two together, interleaved. Goals at 1M: a worker's growth <= 1.2x the Arrow
   bytes of the columns workers use (input_ids, labels, num_trained), and two workers together
   (both private growths + the shared pages once) < 1.5x one worker's;
@@ -222,7 +222,7 @@ class DataWorker:
         from llmft.data.batching import collate, plan_epoch, worker_micro_batches
 
         gc.collect()
-        before = read_proc_status()
+        before, store_before = read_proc_status(), _store_resident_bytes()
         start = time.perf_counter()
         data = ray.get(refs[0])
         received = time.perf_counter()
@@ -233,7 +233,7 @@ class DataWorker:
         first_batch = time.perf_counter()
         # An epoch reads every token; so does this, so that every page of the data is resident.
         touched = sum(int(a.sum(dtype=np.int64)) for a in (data.input_ids, data.labels, data.offsets, data.num_trained))
-        after = read_proc_status()
+        after, store_after = read_proc_status(), _store_resident_bytes()
         plan_seconds = []
         for epoch in range(1, 4):
             begin = time.perf_counter()
@@ -241,9 +241,22 @@ class DataWorker:
             plan_seconds.append(time.perf_counter() - begin)
         return {"rank": rank, "pid": os.getpid(), "get_seconds": received - start, "first_plan_seconds": planned - received,
                 "startup_seconds": first_batch - start, "plan_seconds": plan_seconds, "steps_per_epoch": len(plan),
-                "private": after["RssAnon"] - before["RssAnon"],
-                "mapped": (after["RssShmem"] + after["RssFile"]) - (before["RssShmem"] + before["RssFile"]),
+                "private": after["RssAnon"] - before["RssAnon"], "mapped": store_after - store_before,
+                "file_backed": after["RssFile"] - before["RssFile"],
                 "writeable": bool(data.input_ids.flags.writeable), "touched": touched}
+
+
+def _store_resident_bytes() -> int:
+    """Resident bytes of this process's mappings of Ray's object store (/dev/shm/plasma*)."""
+    total, in_store = 0, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if len(fields) >= 5 and "-" in fields[0] and not fields[0].endswith(":"):  # a mapping's first line
+                in_store = len(fields) >= 6 and "plasma" in fields[5]
+            elif in_store and fields[0] == "Rss:":
+                total += int(fields[1]) * 1024
+    return total
 
 
 def table_rows(results: dict, cpus: int) -> tuple[list[list[str]], list[dict]]:
