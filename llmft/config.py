@@ -102,6 +102,11 @@ class DataConfig(_Section):
         42, description="Seed for splits llmft derives itself (e.g. sql-create-context has only "
         "`train`: 90% train, 5% validation, 5% test)."
     )
+    tokenize_processes: int | None = Field(
+        None, ge=1, description="Processes that tokenize a large split in parallel, one piece each "
+        "at a time. Default: the CPUs this process may use. Splits under about 1 MB are tokenized "
+        "in the calling process."
+    )
 
 
 class TrainingConfig(_Section):

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from llmft.data.batching import pack_examples, plan_epoch, worker_micro_batches
+from llmft.data.batching import pack_examples, plan_epoch
 from llmft.data.sources import SPLITS, SourceRows, read_rows, source_of
 from llmft.data.tokenize import cache_path, formatter_for, special_token_boundary_ok, table_stats, tokenize_split
 from llmft.errors import LlmftError
@@ -163,42 +163,40 @@ def _split_warnings(split_report: dict, split: str, cfg) -> list[str]:
 def _training_report(cfg, table) -> dict[str, Any]:
     from llmft.config import resolve_auto
 
-    lengths = table.column("length").to_numpy().astype(int).tolist()
+    lengths = table.column("length").to_numpy().astype(np.int64)
     resolved = resolve_auto(cfg, len(lengths))
     batch = resolved.global_batch_size
     max_length = cfg.data.max_length
-    packed_rows = pack_examples(lengths, max_length)
+    packed_rows = len(pack_examples(lengths, max_length))
+    tokens = int(lengths.sum())
     return {
         "examples_per_epoch": len(lengths),
         "trained_tokens_per_epoch": int(table.column("num_trained").to_numpy().sum()),
-        "tokens_per_epoch": int(sum(lengths)),
+        "tokens_per_epoch": tokens,
         "packing": cfg.data.packing,
         "global_batch_size": batch,
-        "steps_per_epoch_packed": -(-len(packed_rows) // batch) if packed_rows else 0,
-        "steps_per_epoch_unpacked": -(-len(lengths) // batch) if lengths else 0,
+        "steps_per_epoch_packed": -(-packed_rows // batch) if packed_rows else 0,
+        "steps_per_epoch_unpacked": -(-len(lengths) // batch) if len(lengths) else 0,
         "padding_efficiency": {
-            "packing": round(sum(lengths) / (len(packed_rows) * max_length), 4) if packed_rows else 0.0,
+            "packing": round(tokens / (packed_rows * max_length), 4) if packed_rows else 0.0,
             "length_grouped_padding": _padding_efficiency(resolved, lengths),
-            "padding_to_max_length": round(sum(lengths) / (len(lengths) * max_length), 4) if lengths else 0.0,
+            "padding_to_max_length": round(tokens / (len(lengths) * max_length), 4) if len(lengths) else 0.0,
         },
     }
 
 
-def _padding_efficiency(cfg, lengths: list[int]) -> float:
+def _padding_efficiency(cfg, lengths: np.ndarray) -> float:
     """Real tokens / padded tokens when micro-batches are padded to their longest example."""
-    if not lengths:
+    if not len(lengths):
         return 0.0
-    micro = cfg.training.micro_batch_size
-    padded = 0
     plan = plan_epoch(lengths, epoch=0, seed=cfg.training.seed, max_length=cfg.data.max_length,
                       packing=False, global_batch_size=cfg.global_batch_size)
-    for global_batch in plan:
-        for rank in range(cfg.world_size):
-            for rows in worker_micro_batches(global_batch, rank=rank, world_size=cfg.world_size,
-                                             micro_batch_size=micro):
-                width = max([sum(lengths[i] for i in row) for row in rows] + [1])
-                padded += width * len(rows)
-    return round(sum(lengths) / padded, 4) if padded else 0.0
+    # Workers' slices of a global batch, and the micro-batches in them, are consecutive rows of
+    # the plan: every `micro_batch_size` rows form one micro-batch.
+    micro = cfg.training.micro_batch_size
+    widths = np.maximum.reduceat(plan.rows.tokens(lengths), np.arange(0, len(plan.rows), micro))
+    padded = int(np.maximum(widths, 1).sum()) * micro
+    return round(int(lengths.sum()) / padded, 4) if padded else 0.0
 
 
 def _rendered_examples(table, rows: SourceRows, tokenizer) -> list[dict[str, Any]]:

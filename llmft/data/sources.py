@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from llmft.errors import LlmftError
-from llmft.tasks import Task, get_task
+from llmft.tasks import Example, Task, get_task
 
 SPLITS = ("train", "valid", "test")
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
@@ -63,10 +63,9 @@ def source_of(cfg, split: str) -> str | None:
 
 def read_rows(cfg, split: str) -> SourceRows:
     """All rows of `split`, each checked with the task's formatter; problems are collected, not raised."""
-    source = _require_source(cfg, split)
     task = get_task(cfg.data.task)
-    raw = _read_raw(cfg, source, split, task)
-    checked = SourceRows(source=source)
+    raw = read_unchecked(cfg, split)
+    checked = SourceRows(source=raw.source)
     for row, where in zip(raw.rows, raw.where):
         problem = row_problem(task, row)
         if problem:
@@ -76,6 +75,22 @@ def read_rows(cfg, split: str) -> SourceRows:
             checked.where.append(where)
     checked.problems = raw.problems
     return checked
+
+
+def read_unchecked(cfg, split: str) -> SourceRows:
+    """All rows of `split` as read, not yet checked; problems are those of reading (invalid JSON)."""
+    source = _require_source(cfg, split)
+    return _read_raw(cfg, source, split, get_task(cfg.data.task))
+
+
+def local_jsonl(cfg, split: str) -> Path | None:
+    """The split's file when it is a local JSON-lines file, which processes can read in ranges."""
+    source = _require_source(cfg, split)
+    path = _local_path(source)
+    if path is None or path.suffix.lower() != ".jsonl":
+        return None
+    _check_file(path, source, split)
+    return path
 
 
 def load_rows(cfg, split: str) -> list[dict]:
@@ -119,13 +134,17 @@ def source_fingerprint(cfg, split: str) -> str:
 
 def row_problem(task: Task, row: Any) -> str | None:
     """Why `row` cannot be formatted by `task`, or None when it is fine."""
+    return format_row(task, row)[1]
+
+
+def format_row(task: Task, row: Any) -> tuple[Example | None, str | None]:
+    """`task.format(row)`, or None and why the row cannot be formatted."""
     if not isinstance(row, dict):
-        return f"expected a JSON object with fields {', '.join(task.required_fields)}, got {type(row).__name__}"
+        return None, f"expected a JSON object with fields {', '.join(task.required_fields)}, got {type(row).__name__}"
     try:
-        task.format(row)
+        return task.format(row), None
     except (ValueError, KeyError, TypeError) as exc:
-        return str(exc)
-    return None
+        return None, str(exc)
 
 
 def malformed_message(name: str, problems: list[str], shown: int = 5) -> str:
@@ -203,27 +222,86 @@ def _read_file(path: Path, source: str) -> SourceRows:
                 result.rows.append(row)
                 result.where.append(f"{source} line {reader.line_num}")
         return result
-    text = path.read_text(encoding="utf-8")
-    if suffix == ".json" and text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise LlmftError(f"{source} line {exc.lineno}: invalid JSON ({exc.msg}). Fix the file; "
-                             "a .json file holds one JSON array of objects (or JSON lines).") from None
-        return SourceRows(source, rows, [f"{source} item {i + 1}" for i in range(len(rows))])
-    result = SourceRows(source)
-    for number, line in enumerate(text.splitlines(), start=1):
+    if suffix == ".json":
+        text = path.read_text(encoding="utf-8")
+        if text.lstrip().startswith("["):
+            try:
+                rows = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise LlmftError(f"{source} line {exc.lineno}: invalid JSON ({exc.msg}). Fix the file; "
+                                 "a .json file holds one JSON array of objects (or JSON lines).") from None
+            return SourceRows(source, rows, [f"{source} item {i + 1}" for i in range(len(rows))])
+    return read_range(RowRange(str(path), source, 0, path.stat().st_size, 1))
+
+
+# --------------------------------------------------------------------------- JSON lines
+
+
+@dataclass(frozen=True)
+class RowRange:
+    """Part of a JSON-lines file that a process reads on its own: the lines between two byte
+    offsets (each at a line start), the first of them being line `first_line` of the file."""
+
+    path: str
+    source: str
+    start: int
+    end: int
+    first_line: int
+
+
+def jsonl_ranges(path: Path, source: str, count: int) -> list[RowRange]:
+    """`path` cut into about `count` ranges of whole lines, numbered as in the file."""
+    size = path.stat().st_size
+    bounds = [0]
+    with path.open("rb") as f:
+        for k in range(1, count):
+            f.seek(max(size * k // count - 1, bounds[-1]))
+            f.readline()  # to the start of the next line
+            if bounds[-1] < f.tell() < size:
+                bounds.append(f.tell())
+        bounds.append(size)
+        ranges, line = [], 1
+        for start, end in zip(bounds, bounds[1:]):
+            ranges.append(RowRange(str(path), source, start, end, line))
+            f.seek(start)
+            left = end - start
+            while left:  # count the range's lines, a block at a time
+                block = f.read(min(left, 1 << 24))
+                line += block.count(b"\n")
+                left -= len(block)
+    return ranges
+
+
+def read_range(part: RowRange) -> SourceRows:
+    """The rows of one range of a JSON-lines file; blank lines are skipped, bad JSON is a problem."""
+    with open(part.path, "rb") as f:
+        f.seek(part.start)
+        data = f.read(part.end - part.start)
+    result = SourceRows(part.source)
+    for number, line in enumerate(data.split(b"\n"), start=part.first_line):
         if not line.strip():
             continue
-        where = f"{source} line {number}"
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            result.problems.append(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})")
-            continue
+            row = _loads(line)
+        except ValueError:
+            where = f"{part.source} line {number}"
+            try:
+                row = json.loads(line)  # the standard parser's message, and what it accepts (NaN)
+            except UnicodeDecodeError as exc:
+                result.problems.append(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start + 1})")
+                continue
+            except json.JSONDecodeError as exc:
+                result.problems.append(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})")
+                continue
         result.rows.append(row)
-        result.where.append(where)
+        result.where.append(f"{part.source} line {number}")
     return result
+
+
+try:  # orjson parses JSON lines about ten times faster than the standard library
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover - orjson is a dependency; this keeps a bare install working
+    _loads = json.loads
 
 
 @functools.lru_cache(maxsize=64)

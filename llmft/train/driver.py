@@ -63,6 +63,7 @@ def run_training(cfg: Config, *, address: str | None = None, resume: str | None 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
+    from llmft.data.batching import TokenizedExamples
     from llmft.train.loop import WorkerInput, train_loop_per_worker
 
     init_ray(address)
@@ -71,14 +72,16 @@ def run_training(cfg: Config, *, address: str | None = None, resume: str | None 
     startup.mark(timeline, "ray_ready")
     inputs = WorkerInput(
         config=cfg,
-        train_data=ray.put(train_table),
-        valid_data=ray.put(valid_table) if valid_table is not None else None,
+        # Flat arrays, which workers map from the object store without copying.
+        train_data=ray.put(TokenizedExamples.from_table(train_table)),
+        valid_data=ray.put(TokenizedExamples.from_table(valid_table)) if valid_table is not None else None,
         run_dir=run_dir,
         hidden_size=local_hidden_size(model_source(cfg, "model.name_or_path")),
         resume_path=resume_path,
         generation_eval=generation_eval_inputs(cfg, tokenizer),
         timeline=timeline,
     )
+    del train_table, valid_table  # the object store holds the data now
     scored = cfg.data.valid is not None
     trainer = TorchTrainer(
         functools.partial(train_loop_per_worker, inputs),

@@ -153,7 +153,7 @@ class TraceAndFaultHooks:
     def record_final_logits(self, engine, data, device: torch.device) -> None:
         if not self.trace_dir:
             return
-        input_ids = torch.tensor([data.input_ids[0]], device=device)
+        input_ids = torch.from_numpy(data.example(0)[0].astype("int64"))[None].to(device)
         engine.eval()
         with torch.no_grad():  # every rank runs it: ZeRO-3 gathers parameters collectively
             logits = engine(input_ids=input_ids, use_cache=False).logits

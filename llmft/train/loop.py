@@ -6,18 +6,20 @@ and checkpoints), end. The loss is `train.loss.forward_loss`, shared with valida
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import ray
 import ray.train
 import ray.train.torch
 import torch
 
 from llmft.config import Config
-from llmft.data.batching import TokenizedExamples, pack_examples, plan_epoch, trained_tokens, worker_micro_batches
+from llmft.data.batching import Rows, TokenizedExamples, pack_examples, plan_epoch, trained_tokens, worker_micro_batches
 from llmft.eval.prompts import GenerationInputs
 from llmft.train.deepspeed import ENGINE_FILE, build_deepspeed_config, describe_engine, training_dtype
 from llmft.train.hooks import TraceAndFaultHooks
@@ -33,8 +35,8 @@ class WorkerInput:
     """Everything a training worker gets from the driver."""
 
     config: Config
-    train_data: ray.ObjectRef                # the tokenized training table (pyarrow), in Ray's object store
-    valid_data: ray.ObjectRef | None         # the tokenized validation table, if any
+    train_data: ray.ObjectRef                # the training TokenizedExamples (flat arrays), in Ray's object store
+    valid_data: ray.ObjectRef | None         # the validation TokenizedExamples, if any
     run_dir: str                             # where rank 0 writes metrics.jsonl
     hidden_size: int | None                  # sizes ZeRO's buckets, when known on the driver
     resume_path: str | None                  # `--resume PATH`: the checkpoint to start from
@@ -112,14 +114,16 @@ def train_loop_per_worker(inputs: WorkerInput) -> None:
     startup.mark(timeline, "distributed_ready", memory)
 
     # ------------------------------------------------------------------ data
-    # The driver tokenized and cached the data once; Ray's object store ships it to each node.
-    train_data = TokenizedExamples.from_table(ray.get(inputs.train_data))
-    valid_data = TokenizedExamples.from_table(ray.get(inputs.valid_data)) if inputs.valid_data else None
-    # Every epoch's plan, from the lengths alone: cheap, and the same on every worker.
-    plans = [plan_epoch(train_data.lengths, epoch=e, seed=cfg.training.seed, max_length=cfg.data.max_length,
-                        packing=cfg.data.packing, global_batch_size=cfg.global_batch_size)
-             for e in range(cfg.num_epochs)]
-    total_steps = min(cfg.training.max_steps or math.inf, sum(len(plan) for plan in plans))
+    # The driver tokenized the data once. Ray's object store keeps one copy per node, and ray.get
+    # maps its flat arrays into this worker without copying them.
+    train_data: TokenizedExamples = ray.get(inputs.train_data)
+    valid_data: TokenizedExamples | None = ray.get(inputs.valid_data) if inputs.valid_data else None
+    # An epoch's plan comes from the lengths alone, the same on every worker; it is made when the
+    # epoch starts. Every epoch has as many steps as the first.
+    plan_for = functools.partial(plan_epoch, train_data.lengths, seed=cfg.training.seed, max_length=cfg.data.max_length,
+                                 packing=cfg.data.packing, global_batch_size=cfg.global_batch_size)
+    plan = plan_for(epoch=0)
+    total_steps = min(cfg.training.max_steps or math.inf, cfg.num_epochs * len(plan))
     startup.mark(timeline, "data_ready_in_worker", memory)
 
     # ------------------------------------------------------------------ model
@@ -161,12 +165,14 @@ def train_loop_per_worker(inputs: WorkerInput) -> None:
 
     # ------------------------------------------------------------------ steps
     while global_step < total_steps and epoch < cfg.num_epochs:
-        plan = plans[epoch]
+        if plan.epoch != epoch:
+            plan = plan_for(epoch=epoch)
         for step_in_epoch in range(skip, len(plan)):
             step_start = time.perf_counter()
             lr = engine.optimizer.param_groups[0]["lr"]
-            scale = loss_scale(world_size, trained_tokens(train_data, plan[step_in_epoch]))
-            micro_batches = worker_micro_batches(plan[step_in_epoch], rank=rank, world_size=world_size,
+            batch = plan[step_in_epoch]
+            scale = loss_scale(world_size, trained_tokens(train_data, batch))
+            micro_batches = worker_micro_batches(batch, rank=rank, world_size=world_size,
                                                  micro_batch_size=cfg.training.micro_batch_size)
             step_stats = TokenStats()
             for micro, rows in enumerate(micro_batches):
@@ -236,14 +242,15 @@ def evaluate(engine, data: TokenizedExamples, cfg: Config, rank: int, world_size
     """Validation loss, perplexity and accuracies over the whole validation set, split across workers."""
     engine.eval()
     # Packed like the training data when packing is on (the per-token loss is the same, in fewer passes).
-    rows = pack_examples(data.lengths, cfg.data.max_length) if cfg.data.packing else [[i] for i in range(len(data.lengths))]
+    rows = pack_examples(data.lengths, cfg.data.max_length) if cfg.data.packing else Rows.singles(np.arange(len(data)))
     # Every worker must run the same number of forward passes: ZeRO-3 gathers parameters collectively.
     micro = cfg.training.micro_batch_size
     per_pass = world_size * micro
-    rows += [[] for _ in range(-len(rows) % per_pass)]
+    rows = rows.with_fillers(-len(rows) % per_pass)
     stats = TokenStats()
     for start in range(0, len(rows), per_pass):
-        stats.add(forward_loss(engine, data, rows[start + rank * micro:start + (rank + 1) * micro], **batch_args)[1])
+        mine = [rows[r] for r in range(start + rank * micro, start + (rank + 1) * micro)]
+        stats.add(forward_loss(engine, data, mine, **batch_args)[1])
     engine.train()
     metrics = all_reduce(stats, batch_args["device"]).metrics("valid")
     metrics["valid_perplexity"] = math.exp(min(metrics["valid_loss"], 50.0))

@@ -106,12 +106,13 @@ def test_pad_batch_to_512_gives_the_unpadded_logits():
     # the same thing as llmft's collate, or the packing benchmark compares different work.
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from llmft.data.batching import TokenizedExamples, collate
+    from llmft.data.batching import collate
+    from tests.support.batches import examples_of
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                          num_attention_heads=2, num_key_value_heads=2)).eval()
-    columns = TokenizedExamples(input_ids=[[1, 5, 6, 7], [1, 8, 9]], labels=[[-100, 5, 6, 7], [-100, 8, 9]], num_trained=[3, 2])
+    columns = examples_of([[1, 5, 6, 7], [1, 8, 9]], [[-100, 5, 6, 7], [-100, 8, 9]])
     tight = collate(columns, [[0], [1]], pad_id=0, block_mask=True)
     padded = common.pad_batch(collate(columns, [[0], [1]], pad_id=0, block_mask=True), 512, pad_id=0)
     assert padded["input_ids"].shape == (2, 512)
@@ -126,9 +127,10 @@ def test_pad_batch_to_512_gives_the_unpadded_logits():
 
 
 def test_pad_batch_refuses_rows_longer_than_the_width():
-    from llmft.data.batching import TokenizedExamples, collate
+    from llmft.data.batching import collate
+    from tests.support.batches import examples_of
 
-    columns = TokenizedExamples(input_ids=[[1] * 10], labels=[[1] * 10], num_trained=[10])
+    columns = examples_of([[1] * 10], [[1] * 10])
     with pytest.raises(ValueError):
         common.pad_batch(collate(columns, [[0]], pad_id=0, block_mask=True), 8, pad_id=0)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pyarrow as pa
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -19,7 +20,17 @@ def random_examples(n: int, seed: int = 0, vocab: int = 100) -> TokenizedExample
         row = [1] + [rng.randrange(3, vocab) for _ in range(prompt + completion - 1)]
         ids.append(row)
         labels.append([-100] * prompt + row[prompt:])
-    return TokenizedExamples(ids, labels, [sum(label != -100 for label in row) for row in labels])
+    return examples_of(ids, labels)
+
+
+def examples_of(input_ids: list[list[int]], labels: list[list[int]]) -> TokenizedExamples:
+    """TokenizedExamples of these token lists, through an Arrow table as a worker gets them."""
+    table = pa.table({
+        "input_ids": pa.array(input_ids, type=pa.list_(pa.int32())),
+        "labels": pa.array(labels, type=pa.list_(pa.int32())),
+        "num_trained": pa.array([sum(label != -100 for label in row) for row in labels], type=pa.int32()),
+    })
+    return TokenizedExamples.from_table(table)
 
 
 def tiny_llama(hidden_size: int = 32, layers: int = 2, seed: int = 0) -> LlamaForCausalLM:

@@ -126,3 +126,22 @@ def test_derived_splits_partition_train_reproducibly(derived, sizes):
     assert sorted(r["i"] for p in parts.values() for r in p) == list(range(1000))
     assert sources._derived_split(rows, "valid", derived, seed=42) == parts["valid"]
     assert sources._derived_split(rows, "valid", derived, seed=7) != parts["valid"]
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n", ""])
+def test_jsonl_ranges_cover_every_line_once_with_its_number(tmp_path, ending):
+    lines = [json.dumps({"prompt": f"p{i}" * (i % 5 + 1), "completion": " c"}) for i in range(50)]
+    lines[20] = ""
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(line.replace("\n", ending) for line in lines) + ending)
+    ranges = sources.jsonl_ranges(path, str(path), 7)
+    assert len(ranges) == 7 and ranges[0].start == 0 and ranges[-1].end == path.stat().st_size
+    assert all(a.end == b.start for a, b in zip(ranges, ranges[1:]))
+    rows, where = [], []
+    for part in ranges:
+        piece = sources.read_range(part)
+        assert not piece.problems
+        rows += piece.rows
+        where += piece.where
+    assert rows == [json.loads(line) for line in lines if line]
+    assert where == [f"{path} line {i + 1}" for i, line in enumerate(lines) if line]

@@ -1,8 +1,11 @@
 """Tokenization on a tiny Llama-2-style tokenizer: masking token by token, BOS/EOS, the prefix
-property, over-length policies, the cache and its invalidation, speed, and the legacy pitfall."""
+property, over-length policies, pieces tokenized in parallel, the cache and its invalidation, and
+the legacy pitfall."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 
 import pytest
 
@@ -16,6 +19,7 @@ from llmft.data.tokenize import (
     special_token_boundary_ok,
     table_stats,
     tokenize_split,
+    tokenizer_fingerprint,
 )
 from llmft.errors import LlmftError
 from llmft.tasks import TASKS, get_task
@@ -209,7 +213,7 @@ def test_cache_is_reused(tmp_path, tiny_tokenizer, monkeypatch):
     cfg = _pc_cfg(tmp_path, PC_ROWS)
     first = tokenize_split(cfg, tiny_tokenizer, "train")
     path = cache_path(cfg, tiny_tokenizer, "train")
-    assert path.is_file()
+    assert path.is_dir() and list(path.glob("part-*.parquet"))
 
     def fail(*args, **kwargs):
         raise AssertionError("re-tokenized although the cache is current")
@@ -246,16 +250,85 @@ def test_malformed_rows_stop_tokenizing_and_write_nothing(tmp_path, tiny_tokeniz
     assert not (tmp_path / "cache").exists()
 
 
-def test_a_cached_split_is_read_back_without_tokenizing(tmp_path, tiny_tokenizer, monkeypatch):
-    cfg = make_cfg(tmp_path, "viggo", "sample:viggo@train", max_length=256)
-    table = tokenize_split(cfg, tiny_tokenizer, "train")
-    assert table.num_rows == len(generate_rows("viggo", "train"))
-    cached = cache_path(cfg, tiny_tokenizer, "train")
-    written = cached.stat().st_mtime_ns
+# ------------------------------------------------------------------ pieces in parallel, cache hits
 
-    def no_tokenizing(*args, **kwargs):
-        raise AssertionError("tokenized again despite the cache")
 
-    monkeypatch.setattr(tokenize_module, "encode_examples", no_tokenizing)
-    again = tokenize_split(cfg, tiny_tokenizer, "train")
-    assert again.equals(table) and cached.stat().st_mtime_ns == written
+def _many_pc_rows(count: int) -> list[dict]:
+    return [{"prompt": f"Question {i}: how many {'apples ' * (i % 7)}are there?\n\n###\n\n",
+             "completion": f" {i * 3} apples"} for i in range(count)]
+
+
+def _small_pieces(monkeypatch) -> None:
+    """From now on splits of a few KB go to a process pool in pieces of about 2 KB (or 40 rows)."""
+    monkeypatch.setattr(tokenize_module, "SMALL_SPLIT_BYTES", 1)
+    monkeypatch.setattr(tokenize_module, "PIECE_BYTES", 2048)
+    monkeypatch.setattr(tokenize_module, "SMALL_SPLIT_ROWS", 1)
+    monkeypatch.setattr(tokenize_module, "PIECE_ROWS", 40)
+
+
+def test_pieces_tokenized_in_parallel_give_the_table_of_one_pass(tmp_path, tiny_tokenizer, monkeypatch):
+    """Fails if pieces lose, repeat or reorder rows at their edges, or number row_index per piece."""
+    rows = _many_pc_rows(300)
+    rows[150] = {"prompt": "word " * 150 + "\n\n###\n\n", "completion": " long"}  # dropped: over length
+    path = write_jsonl(tmp_path / "train.jsonl", rows[:100] + [""] + rows[100:])  # a blank line 101
+    one = tokenize_split(make_cfg(tmp_path / "one", "prompt_completion", str(path), max_length=128),
+                         tiny_tokenizer, "train")
+    assert len(list(cache_path(make_cfg(tmp_path / "one", "prompt_completion", str(path), max_length=128),
+                               tiny_tokenizer, "train").glob("part-*.parquet"))) == 1
+    _small_pieces(monkeypatch)
+    cfg = make_cfg(tmp_path / "pool", "prompt_completion", str(path), max_length=128, tokenize_processes=2)
+    pooled = tokenize_split(cfg, tiny_tokenizer, "train")
+    shards = list(cache_path(cfg, tiny_tokenizer, "train").glob("part-*.parquet"))
+    assert len(shards) > 4
+    assert pooled.equals(one) and table_stats(pooled) == table_stats(one)
+    assert pooled.column("row_index").to_pylist() == [i for i in range(300) if i != 150]
+    assert table_stats(pooled)["over_length_rows"] == [f"{path} line 152"]
+    assert tokenize_split(cfg, tiny_tokenizer, "train").equals(one)  # the cache hit, from the shards
+
+
+def test_rows_held_in_memory_are_cut_into_pieces_too(tmp_path, tiny_tokenizer, monkeypatch):
+    one = tokenize_split(make_cfg(tmp_path / "one", "viggo", "sample:viggo@valid", max_length=256),
+                         tiny_tokenizer, "train")
+    _small_pieces(monkeypatch)
+    cfg = make_cfg(tmp_path, "viggo", "sample:viggo@valid", max_length=256, tokenize_processes=2)
+    pooled = tokenize_split(cfg, tiny_tokenizer, "train")
+    assert len(list(cache_path(cfg, tiny_tokenizer, "train").glob("part-*.parquet"))) == 5
+    assert pooled.equals(one) and pooled.column("row_index").to_pylist() == list(range(200))
+
+
+def test_user_errors_in_a_later_piece_name_their_line_and_write_nothing(tmp_path, tiny_tokenizer, monkeypatch):
+    _small_pieces(monkeypatch)
+    rows = _many_pc_rows(200)
+    bad = write_jsonl(tmp_path / "bad.jsonl", rows[:170] + [{"prompt": "x"}] + rows[170:] + ["{oops"])
+    with pytest.raises(LlmftError, match=r"2 malformed row\(s\): .*bad\.jsonl line 202: invalid JSON.*"
+                                         r"bad\.jsonl line 171: missing field `completion`"):
+        tokenize_split(make_cfg(tmp_path, "prompt_completion", str(bad), tokenize_processes=2), tiny_tokenizer, "train")
+    long = dict(rows[0], prompt="word " * 150 + "\n\n###\n\n")
+    over = write_jsonl(tmp_path / "over.jsonl", rows[:180] + [long] + rows[180:])
+    cfg = make_cfg(tmp_path, "prompt_completion", str(over), max_length=128, over_length="error", tokenize_processes=2)
+    with pytest.raises(LlmftError, match=r"1 of 201 examples are longer than .*over\.jsonl line 181 \(\d+ tokens\)"):
+        tokenize_split(cfg, tiny_tokenizer, "train")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_cache_hit_imports_neither_pandas_nor_pyarrow_dataset(tmp_path, tiny_tokenizer):
+    """Fails if reading the cache goes through pq.read_table, which imports both (0.4 s of a
+    first cache hit in a new process)."""
+    cfg = make_cfg(tmp_path, "viggo", "sample:viggo@valid", max_length=256)
+    tokenize_split(cfg, tiny_tokenizer, "train")
+    folder = cache_path(cfg, tiny_tokenizer, "train")
+    code = ("import sys; from pathlib import Path; from llmft.data.tokenize import read_cached; "
+            f"t = read_cached(Path({str(folder)!r})); assert t.num_rows == 200; "
+            "print(sorted(m for m in ('pandas', 'pyarrow.dataset') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_the_tokenizer_fingerprint_ignores_call_time_padding_and_truncation():
+    tokenizer = make_tokenizer()
+    before = tokenizer_fingerprint(tokenizer)
+    tokenizer.backend_tokenizer.enable_padding(length=64)
+    tokenizer.backend_tokenizer.enable_truncation(max_length=32)
+    assert tokenizer_fingerprint(tokenizer) == before
+    tokenizer.add_tokens(["<NEW>"], special_tokens=True)
+    assert tokenizer_fingerprint(tokenizer) != before

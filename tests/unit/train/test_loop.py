@@ -1,9 +1,17 @@
-"""When validation, generation eval and checkpoints happen after an optimizer step."""
+"""When validation, generation eval and checkpoints happen after an optimizer step; what validation covers."""
 
 from __future__ import annotations
 
+import functools
+from collections import Counter
+
+import pytest
+import torch
+
 from llmft.config import Config
+from llmft.train import loop
 from llmft.train.loop import due_after_step
+from tests.support.batches import random_examples, tiny_llama
 
 
 def config(**training) -> Config:
@@ -28,3 +36,32 @@ def test_nothing_is_due_without_intervals_and_generation_needs_inputs():
     no_inputs = due_after_step(config(generation_eval_every_steps=1), 7, epoch_end=False, last=False,
                                can_generate=False)
     assert not no_inputs.anything
+
+
+@pytest.mark.parametrize("packing", [True, False])
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_validation_sees_every_example_once_across_workers(packing, world_size, monkeypatch):
+    """Fails if validation drops or repeats examples (packed or not), or the workers' forward
+    passes differ in number (ZeRO-3 would hang gathering parameters)."""
+    model, data = tiny_llama(), random_examples(13, seed=2)
+    cfg = config(micro_batch_size=2)
+    cfg.data.packing, cfg.data.max_length = packing, 40
+    batch_args = {"pad_id": 0, "device": torch.device("cpu"), "block_mask": True}
+    seen, passes = [], Counter()
+    real_forward_loss = loop.forward_loss
+
+    def recording(engine, data, rows, rank, **kwargs):
+        seen.extend(i for row in rows for i in row)
+        passes[rank] += 1
+        return real_forward_loss(engine, data, rows, **kwargs)
+
+    results = []
+    for rank in range(world_size):
+        monkeypatch.setattr(loop, "forward_loss", functools.partial(recording, rank=rank))
+        results.append(loop.evaluate(model, data, cfg, rank, world_size, batch_args))
+    assert sorted(seen) == list(range(13)) and len(set(passes.values())) == 1
+    if world_size == 1:
+        with torch.no_grad():
+            alone = [real_forward_loss(model, data, [[i]], **batch_args) for i in range(13)]
+        mean = sum(float(loss) for loss, _ in alone) / sum(stats.trained_tokens for _, stats in alone)
+        assert results[0]["valid_loss"] == pytest.approx(mean, rel=1e-5)
