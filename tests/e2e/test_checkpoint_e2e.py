@@ -127,7 +127,7 @@ def assert_each_example_once_per_epoch(trace: Path, cfg, epochs: int = 2) -> Non
     assert set(per_rank.values()) == {1}, [k for k, n in per_rank.items() if n > 1]  # no micro-batch twice
     for epoch in range(epochs):
         trained = Counter(i for r in kept if r["epoch"] == epoch for row in r["rows"] for i in row)
-        assert trained == Counter(range(len(data.input_ids))), epoch
+        assert trained == Counter(range(len(data))), epoch
 
 
 SAVE_FAULTS = [(4, "before_shards"), (6, "between_ranks"), (8, "before_manifest"), (10, "truncated_shard")]
