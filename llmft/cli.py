@@ -98,6 +98,19 @@ def train(config, overrides, address, resume):
 
 
 @main.command()
+@_with_config
+@click.option("--address", default=None, help="Ray address (default: $RAY_ADDRESS, else an embedded local Ray on 127.0.0.1).")
+@click.option("--resume", is_flag=True, help="Continue the stopped sweep named by output.run_name.")
+@_user_errors
+def sweep(config, overrides, address, resume):
+    """Search CONFIG's `sweep:` space on Ray Tune: each trial a training run; table, curves, best model."""
+    from llmft.config import load_config
+    from llmft.sweep import run_sweep
+
+    run_sweep(load_config(config, overrides), address=address, resume=resume)
+
+
+@main.command()
 @click.argument("checkpoint")
 @click.option("--out", required=True, help="Folder or storage URI (s3://bucket/prefix) for the Hugging Face model.")
 @_user_errors
