@@ -37,6 +37,10 @@ from llmft.paths import absolute_paths, is_uri, join
 
 # Keys a trial cannot take from the search space: the sweep sets where each trial writes.
 NOT_SWEEPABLE = ("output.dir", "output.run_name", "output.export_best", "source")
+# A trial's own process only drives Ray Train (its workers hold the CPUs and GPUs), so it takes no
+# CPU, or a 2-worker trial could never start on 2 CPUs. Tune needs some resource for it: memory, the
+# one thing that process holds (its Python, torch and tokenizer).
+TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 512 * 2**20}
 # Written by the trial function when `run_training` returned: the trial was not stopped early.
 COMPLETED = "llmft_trial_completed"
 
@@ -80,8 +84,7 @@ def run_sweep(cfg: Config, *, address: str | None = None, resume: bool = False) 
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     trainable = ray.tune.with_resources(
         functools.partial(run_trial, base=cfg, trials_dir=join(sweep_dir, "trials"), env=_trial_env()),
-        # The trial only drives Ray Train; its workers hold the resources.
-        {"CPU": 0})
+        TRIAL_DRIVER_RESOURCES)
     tune_path = join(sweep_dir, "tune")
     if resume:
         if not ray.tune.Tuner.can_restore(tune_path):
