@@ -239,16 +239,21 @@ def models() -> None:
 
 @models.command("make-tiny")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the model.")
+@click.option("--like", default="llama", show_default=True,
+              help="Architecture to shrink: a transformers model type (mistral, qwen3, gemma2, phi3, ...), "
+                   "a local model folder or config.json, or a hub id whose config llmft ships or has cached.")
+@click.option("--tokenizer-from", default=None, help="Copy this local tokenizer instead of training one in the family's style.")
 @click.option("--layers", default=2, show_default=True)
 @click.option("--hidden", default=64, show_default=True)
-@click.option("--vocab", default=2048, show_default=True)
+@click.option("--vocab", default=2048, show_default=True, help="Vocabulary of a trained tokenizer.")
 @click.option("--seed", default=0, show_default=True)
 @_user_errors
-def models_make_tiny(out, layers, hidden, vocab, seed):
-    """Create a tiny random Llama with a sentencepiece tokenizer trained on llmft's sample data."""
-    from llmft.models.tiny import make_tiny_llama
+def models_make_tiny(out, like, tokenizer_from, layers, hidden, vocab, seed):
+    """Create a tiny random model of any architecture family, with a tokenizer trained on llmft's sample data."""
+    from llmft.models.tiny import make_tiny_model
 
-    make_tiny_llama(out, num_layers=layers, hidden_size=hidden, vocab_size=vocab, seed=seed)
+    make_tiny_model(out, like, num_layers=layers, hidden_size=hidden, vocab_size=vocab, seed=seed,
+                    tokenizer_from=tokenizer_from)
     click.echo(out)
 
 
