@@ -44,8 +44,9 @@ class ModelConfig(_Section):
         "(bfloat16 has no fast path on most CPUs)."
     )
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
-        "sdpa", description="Attention kernel passed to transformers. Packed batches get a "
-        "block-diagonal mask under sdpa/eager and position_ids under flash_attention_2."
+        "sdpa", description="Attention kernel passed to transformers. Packed examples are told apart "
+        "by their restarting position_ids (no attention mask), which every kernel reads. Gemma-2 needs "
+        "eager (or flash_attention_2): transformers has no sdpa kernel with its soft-capping."
     )
     gradient_checkpointing: bool = Field(
         True, description="Recompute activations in the backward pass to save memory."

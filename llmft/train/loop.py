@@ -62,6 +62,17 @@ def due_after_step(cfg: Config, global_step: int, *, epoch_end: bool, last: bool
                generation=can_generate and every(cfg.training.generation_eval_every_steps))
 
 
+def batch_arguments(pad_id: int, device: torch.device) -> dict:
+    """How `forward_loss` collates micro-batches, in training and validation alike.
+
+    Packed examples are told apart by their restarting position_ids alone, with no attention
+    mask: transformers then finds the boundaries itself (the KV cache is off) for sdpa, eager and
+    flash-attention, and keeps each layer's own attention pattern. A 4D block mask would replace
+    that pattern, dropping the sliding windows of Mistral, Gemma-2/3, Phi-3 and Qwen2 layers.
+    """
+    return {"pad_id": pad_id, "device": device, "block_mask": False}
+
+
 def train_loop_per_worker(inputs: WorkerInput) -> None:
     # ------------------------------------------------------------------ setup
     import deepspeed
@@ -110,8 +121,7 @@ def train_loop_per_worker(inputs: WorkerInput) -> None:
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, total_steps)),
         config=ds_config,
     )
-    batch_args = {"pad_id": tokenizer.pad_token_id, "device": device,
-                  "block_mask": cfg.model.attn_implementation != "flash_attention_2"}
+    batch_args = batch_arguments(tokenizer.pad_token_id, device)
 
     # ------------------------------------------------------------------ resume
     # Read the position from the checkpoint's own contents: after a restart Ray may hand back
