@@ -27,7 +27,7 @@ def run_eval(cfg: Config, *, model: str | None, split: str, limit: int | None, f
     from llmft.eval.generate import generate_with_ray
     from llmft.eval.metrics import score_with_examples
     from llmft.eval.prompts import generation_inputs
-    from llmft.models.tokenizer import load_tokenizer
+    from llmft.models.tokenizer import load_tokenizer, task_stop_token
     from llmft.tasks import get_task
     from llmft.train.deepspeed import training_dtype
 
@@ -49,7 +49,7 @@ def run_eval(cfg: Config, *, model: str | None, split: str, limit: int | None, f
     init_ray(address)
     started = time.perf_counter()
     predictions = generate_with_ray(
-        prompts, model_path=model_path, stop_token=task.stop_token, max_new_tokens=max_new_tokens,
+        prompts, model_path=model_path, stop_token=task_stop_token(tokenizer, task), max_new_tokens=max_new_tokens,
         num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu, cpus_per_worker=cfg.scaling.cpus_per_worker,
         dtype=training_dtype(cfg), batch_size=batch_size, trust_remote_code=cfg.model.trust_remote_code,
         cache_dir=cfg.data.cache_dir)

@@ -222,11 +222,12 @@ def generation_eval(engine, tokenizer, cfg: Config, inputs: GenerationInputs, ra
     """Generate answers for a validation subset and score them with the task's metrics (`valid_gen_*`)."""
     from llmft.eval.generate import generate_sharded
     from llmft.eval.metrics import score
+    from llmft.models.tokenizer import task_stop_token
     from llmft.tasks import get_task
 
     task = get_task(cfg.data.task)
     engine.eval()
-    predictions = generate_sharded(engine.module, tokenizer, inputs.prompts, stop_token=task.stop_token,
+    predictions = generate_sharded(engine.module, tokenizer, inputs.prompts, stop_token=task_stop_token(tokenizer, task),
                                    max_new_tokens=inputs.max_new_tokens, batch_size=cfg.training.micro_batch_size,
                                    rank=rank, world_size=world_size, device=device)
     engine.train()
