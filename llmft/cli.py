@@ -46,7 +46,7 @@ def _user_errors(func):
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="llmft")
 def main() -> None:
-    """llmft: full-parameter fine-tuning of Llama-architecture models with Ray Train and DeepSpeed ZeRO.
+    """llmft: full-parameter fine-tuning of open LLMs with Ray Train and DeepSpeed ZeRO.
 
     Overrides: every command taking CONFIG accepts `key.sub=value` pairs after it,
     e.g. `llmft train configs/viggo/tiny-cpu.yaml training.learning_rate=1e-4`.
