@@ -102,7 +102,8 @@ def run_sweep(cfg: Config, *, address: str | None = None, resume: bool = False) 
             trainable,
             param_space=search_space(cfg),
             tune_config=ray.tune.TuneConfig(scheduler=scheduler, num_samples=cfg.sweep.num_samples,
-                                            max_concurrent_trials=concurrent_trials(cfg, trial_configs, ray.cluster_resources())),
+                                            max_concurrent_trials=concurrent_trials(cfg, trial_configs, ray.cluster_resources()),
+                                            trial_dirname_creator=trial_folder_name),
             run_config=ray.tune.RunConfig(name="tune", storage_path=sweep_dir, verbose=1),
         )
     print(f"llmft: sweep {name} -> {sweep_dir}", flush=True)
@@ -121,6 +122,11 @@ def run_sweep(cfg: Config, *, address: str | None = None, resume: bool = False) 
                                "trials are kept, and each unfinished one resumes from its latest checkpoint.")
     export_best(rows, metric, mode, sweep_dir)
     return Path(sweep_dir)
+
+
+def trial_folder_name(trial) -> str:
+    """Tune's folder of a trial is named by its id, as the trial's llmft run folder is."""
+    return trial.trial_id
 
 
 def run_trial(values: dict[str, Any], *, base: Config, trials_dir: str, env: dict[str, str]) -> dict[str, Any]:
@@ -261,7 +267,7 @@ def trial_rows(results, keys: list[str], metric: str, mode: str) -> list[dict[st
         else:
             status = "interrupted" if history else "pending"
         best = (min if mode == "min" else max)(history.values()) if history else None
-        rows.append({"trial": last.get("trial_id") or Path(result.path).name,
+        rows.append({"trial": Path(result.path).name,  # the trial id (`trial_folder_name`)
                      **{key: result.config.get(key) for key in keys},
                      f"best_{metric}": best, "steps": _last_step(result), "status": status,
                      "curve": sorted(history.items())})

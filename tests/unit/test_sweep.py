@@ -72,10 +72,10 @@ class FakeResult:
 
     def __init__(self, trial_id, lr, reports, last, error=None):
         self.config = {"training.learning_rate": lr}
-        self.metrics = {"trial_id": trial_id, **last}
+        self.metrics = dict(last)
         self.metrics_dataframe = pd.DataFrame(reports) if reports else None
         self.error = error
-        self.path = f"/sweep/tune/run_trial_{trial_id}"
+        self.path = f"/sweep/tune/{trial_id}"
 
 
 def test_trial_table_reads_status_best_metric_and_steps_from_tunes_records():
