@@ -20,20 +20,21 @@ A sweep folder, `output.dir/output.run_name`:
 from __future__ import annotations
 
 import functools
+import io
 import itertools
 import json
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+from llmft import storage
 from llmft.cluster import check_placement, init_ray, keep_embedded_ray_on_loopback
 from llmft.config import Config, leaf_keys, with_values
 from llmft.errors import LlmftError
-from llmft.files import write_atomic, write_text_atomic
-from llmft.paths import absolute_paths, is_uri, join
+from llmft.paths import absolute_paths
+from llmft.storage import join
 
 # Keys a trial cannot take from the search space: the sweep sets where each trial writes.
 NOT_SWEEPABLE = ("output.dir", "output.run_name", "output.export_best", "source")
@@ -41,6 +42,7 @@ NOT_SWEEPABLE = ("output.dir", "output.run_name", "output.export_best", "source"
 # CPU, or a 2-worker trial could never start on 2 CPUs. Tune needs some resource for it: memory, the
 # one thing that process holds (its Python, torch and tokenizer).
 TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 512 * 2**20}
+CONFIG_FILE = "sweep_config.json"  # the config a sweep started with; `--resume` must match it
 # Written by the trial function when `run_training` returned: the trial was not stopped early.
 COMPLETED = "llmft_trial_completed"
 
@@ -51,8 +53,8 @@ class SweepInterrupted(LlmftError):
     exit_code = 130
 
 
-def run_sweep(cfg: Config, *, address: str | None = None, resume: bool = False) -> Path:
-    """Run (or, with `resume`, continue) the sweep of `cfg.sweep`. Returns the sweep folder."""
+def run_sweep(cfg: Config, *, address: str | None = None, resume: bool = False) -> str:
+    """Run (or, with `resume`, continue) the sweep of `cfg.sweep`. Returns the sweep folder (a path or URI)."""
     keep_embedded_ray_on_loopback(address)
     from llmft.data.tokenize import tokenize_split
     from llmft.models.tokenizer import load_task_tokenizer
@@ -65,6 +67,7 @@ def run_sweep(cfg: Config, *, address: str | None = None, resume: bool = False) 
                          f"data, but {'data.valid is not set' if cfg.data.valid is None else f'it is {metric!r}'}. "
                          "Set data.valid and a validation metric (e.g. output.checkpoint_metric: valid_loss).")
     cfg = absolute_paths(cfg)
+    storage.check_reachable(cfg.output.dir, "output.dir")
     name, sweep_dir = sweep_folder(cfg, resume)
     trial_configs = [with_values(cfg, values, "sweep") for values in space]
     # Tokenize (and cache) once here: a data error shows now, and the trials find the cache.
@@ -92,7 +95,7 @@ def run_sweep(cfg: Config, *, address: str | None = None, resume: bool = False) 
                              f"Check output.dir and output.run_name ({name}).")
         tuner = ray.tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        write_text_atomic(Path(sweep_dir) / "sweep_config.json", json.dumps(cfg.model_dump(mode="json"), indent=2))
+        storage.write_text(join(sweep_dir, CONFIG_FILE), json.dumps(cfg.model_dump(mode="json"), indent=2))
         max_steps = max((c.training.max_steps or 10**9) for c in trial_configs)
         scheduler = ASHAScheduler(time_attr="step", metric=metric, mode=mode, max_t=max_steps,
                                   grace_period=cfg.sweep.grace_period,
@@ -106,22 +109,22 @@ def run_sweep(cfg: Config, *, address: str | None = None, resume: bool = False) 
                                             trial_dirname_creator=trial_folder_name),
             run_config=ray.tune.RunConfig(name="tune", storage_path=sweep_dir, verbose=1),
         )
-    print(f"llmft: sweep {name} -> {sweep_dir}", flush=True)
+    print(f"llmft: sweep {name} -> {storage.shown(sweep_dir)}", flush=True)
     results = tuner.fit()
 
     # -- the trial table, curves and the best trial's model
     rows = trial_rows(results, list(space[0]), metric, mode)
     print_trial_table(rows, metric)
-    write_text_atomic(Path(sweep_dir) / "trials.md", trial_table_markdown(rows, metric))
-    write_text_atomic(Path(sweep_dir) / "trials.json", json.dumps(rows, indent=2))
-    plot_curves(Path(sweep_dir) / "valid_curves.png", rows, metric)
+    storage.write_text(join(sweep_dir, "trials.md"), trial_table_markdown(rows, metric))
+    storage.write_text(join(sweep_dir, "trials.json"), json.dumps(rows, indent=2))
+    storage.write_bytes(join(sweep_dir, "valid_curves.png"), curves_png(rows, metric))
     unfinished = [row["trial"] for row in rows if row["status"] in ("interrupted", "pending")]
     if unfinished:
         raise SweepInterrupted(f"The sweep stopped before trials {', '.join(unfinished)} finished. Continue it "
                                f"with `llmft sweep {cfg.source} output.run_name={name} --resume`: finished "
                                "trials are kept, and each unfinished one resumes from its latest checkpoint.")
     export_best(rows, metric, mode, sweep_dir)
-    return Path(sweep_dir)
+    return sweep_dir
 
 
 def trial_folder_name(trial) -> str:
@@ -144,10 +147,11 @@ def run_trial(values: dict[str, Any], *, base: Config, trials_dir: str, env: dic
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = with_values(base, {**values, "output.dir": trials_dir, "output.run_name": trial_id,
                              "output.export_best": False}, "sweep")
-    run_dir = Path(trials_dir) / trial_id
-    resume = "latest" if not is_uri(trials_dir) and find_checkpoints(run_dir) else None
-    if resume is None and not is_uri(trials_dir) and run_dir.exists():
-        shutil.rmtree(run_dir)  # started before but never checkpointed: nothing to keep
+    run_dir = join(trials_dir, trial_id)
+    resume = "latest" if find_checkpoints(run_dir) else None
+    if resume is None and storage.exists(run_dir):  # started before but never checkpointed: nothing to keep
+        fs, path = storage.resolve(run_dir)
+        fs.delete_dir(path)
     run_training(cfg, resume=resume, extra_env=env, callbacks=[TuneReportCallback()])
     return {COMPLETED: True}
 
@@ -223,22 +227,20 @@ def sweep_folder(cfg: Config, resume: bool) -> tuple[str, str]:
     if resume and name is None:
         raise LlmftError("`llmft sweep --resume` needs output.run_name (the sweep to continue); pass it as an "
                          f"override, e.g. output.run_name=<folder under {cfg.output.dir}>.")
-    name = name or f"sweep-{cfg.data.task}-{Path(cfg.model.name_or_path).name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = name or f"sweep-{cfg.data.task}-{storage.basename(cfg.model.name_or_path)}-{time.strftime('%Y%m%d-%H%M%S')}"
     folder = join(cfg.output.dir, name)
-    if is_uri(folder):
-        return name, folder
-    saved = Path(folder) / "sweep_config.json"
-    if not resume and Path(folder).exists():
-        raise LlmftError(f"Sweep folder {folder} already exists. Continue it with `--resume`, or start a new "
-                         "sweep with output.run_name=<new name>.")
-    if resume and saved.is_file():
-        before = Config.model_validate(json.loads(saved.read_text())).dotted_values
+    saved = join(folder, CONFIG_FILE)
+    if not resume and storage.exists(folder):
+        raise LlmftError(f"Sweep folder {storage.shown(folder)} already exists. Continue it with `--resume`, or "
+                         "start a new sweep with output.run_name=<new name>.")
+    if resume and storage.exists(saved):
+        before = Config.model_validate(json.loads(storage.read_text(saved))).dotted_values
         now = cfg.dotted_values
         changed = sorted(k for k in before.keys() | now.keys() if k != "source" and before.get(k) != now.get(k))
         if changed:
             raise LlmftError(f"`llmft sweep --resume`: the config differs from the one sweep {name} started with, "
                              f"at {', '.join(changed[:5])}. Resume with the same config and overrides "
-                             f"(saved in {saved}), or start a new sweep.")
+                             f"(saved in {storage.shown(saved)}), or start a new sweep.")
     return name, folder
 
 
@@ -267,7 +269,7 @@ def trial_rows(results, keys: list[str], metric: str, mode: str) -> list[dict[st
         else:
             status = "interrupted" if history else "pending"
         best = (min if mode == "min" else max)(history.values()) if history else None
-        rows.append({"trial": Path(result.path).name,  # the trial id (`trial_folder_name`)
+        rows.append({"trial": storage.basename(result.path),  # the trial id (`trial_folder_name`)
                      **{key: result.config.get(key) for key in keys},
                      f"best_{metric}": best, "steps": _last_step(result), "status": status,
                      "curve": sorted(history.items())})
@@ -323,8 +325,8 @@ def print_trial_table(rows: list[dict[str, Any]], metric: str) -> None:
     Console().print(table)
 
 
-def plot_curves(path: Path, rows: list[dict[str, Any]], metric: str) -> None:
-    """Every trial's validation curve on one chart, as `llmft compare` charts its models."""
+def curves_png(rows: list[dict[str, Any]], metric: str) -> bytes:
+    """Every trial's validation curve on one chart (PNG), as `llmft compare` charts its models."""
     from matplotlib.figure import Figure  # Agg, no GUI backend or pyplot state
 
     figure = Figure(figsize=(7, 4.5))
@@ -341,10 +343,12 @@ def plot_curves(path: Path, rows: list[dict[str, Any]], metric: str) -> None:
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7)
     figure.tight_layout()
-    write_atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=120)
+    return png.getvalue()
 
 
-def export_best(rows: list[dict[str, Any]], metric: str, mode: str, sweep_dir: str) -> Path | None:
+def export_best(rows: list[dict[str, Any]], metric: str, mode: str, sweep_dir: str) -> str:
     """Export the best checkpoint of the best trial to `<sweep>/model`."""
     from llmft.checkpoint import find_checkpoints, read_state
     from llmft.export import export_checkpoint
@@ -352,18 +356,15 @@ def export_best(rows: list[dict[str, Any]], metric: str, mode: str, sweep_dir: s
     scored = [row for row in rows if row[f"best_{metric}"] is not None]
     if not scored:
         raise LlmftError(f"No trial reported {metric}, so there is no best trial to export. Check the trials' "
-                         f"logs under {sweep_dir}/tune.")
+                         f"logs under {storage.shown(join(sweep_dir, 'tune'))}.")
     sign = 1 if mode == "min" else -1
     best = min(scored, key=lambda row: sign * row[f"best_{metric}"])
-    if is_uri(sweep_dir):
-        print(f"llmft: best trial {best['trial']}; its checkpoints are under {join(sweep_dir, 'trials')}", flush=True)
-        return None
-    checkpoints = [(read_state(c)["metrics"].get(metric), c) for c in find_checkpoints(Path(sweep_dir) / "trials" / best["trial"])]
+    checkpoints = [(read_state(c)["metrics"].get(metric), c) for c in find_checkpoints(join(sweep_dir, "trials", best["trial"]))]
     checkpoints = [(value, c) for value, c in checkpoints if value is not None]
     if not checkpoints:
         raise LlmftError(f"Trial {best['trial']} has no checkpoint scored by {metric} to export.")
     _, checkpoint = min(checkpoints, key=lambda pair: sign * pair[0])
-    out = export_checkpoint(checkpoint, Path(sweep_dir) / "model")
-    print(f"llmft: best trial {best['trial']} ({metric} {best[f'best_{metric}']:.4g}); exported {checkpoint} -> {out}",
-          flush=True)
+    out = export_checkpoint(checkpoint, join(sweep_dir, "model"))
+    print(f"llmft: best trial {best['trial']} ({metric} {best[f'best_{metric}']:.4g}); exported "
+          f"{storage.shown(checkpoint)} -> {storage.shown(out)}", flush=True)
     return out
