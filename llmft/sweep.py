@@ -26,7 +26,6 @@ import json
 import math
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 from llmft import storage
