@@ -19,8 +19,14 @@ def keep_embedded_ray_on_loopback(address: str | None) -> None:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
-def init_ray(address: str | None) -> None:
-    """Join the Ray cluster at `address`/$RAY_ADDRESS, or start an embedded one on loopback."""
+def init_ray(address: str | None, *, dashboard: bool = False) -> None:
+    """Join the Ray cluster at `address`/$RAY_ADDRESS, or start an embedded one on loopback.
+
+    `dashboard`: an embedded Ray also runs its dashboard (on 127.0.0.1), which serves Ray's State
+    API. `llmft sweep` needs it: when Tune stops a trial (ASHA, Ctrl+C) it kills that trial's Ray
+    Train controller, and Ray Train's placement-group cleaner asks the State API whether the
+    controller died before it releases the trial's workers. Without it the next trial never starts.
+    """
     import ray
 
     if ray.is_initialized():
@@ -34,7 +40,8 @@ def init_ray(address: str | None) -> None:
                              "(`ray status` on the head), or unset RAY_ADDRESS to use a local Ray.") from None
     else:
         # Loopback only: an embedded Ray must never expose its ports or dashboard to the network.
-        context = ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=True)
+        context = ray.init(_node_ip_address="127.0.0.1", include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                           log_to_driver=True)
         # Ray's helper processes look the cluster up again; point them at this one, not at any
         # other Ray running on the machine.
         os.environ["RAY_ADDRESS"] = context.address_info["address"]

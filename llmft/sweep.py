@@ -41,6 +41,9 @@ NOT_SWEEPABLE = ("output.dir", "output.run_name", "output.export_best", "source"
 # CPU, or a 2-worker trial could never start on 2 CPUs. Tune needs some resource for it: memory, the
 # one thing that process holds (its Python, torch and tokenizer).
 TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 512 * 2**20}
+# ASHA's max_t. ASHA also stops a trial that reaches max_t, and a stop kills the trial's Ray Train
+# run before it reports its end: trials end on their own instead (max_steps, epochs).
+NO_STEP_LIMIT = 2**31
 CONFIG_FILE = "sweep_config.json"  # the config a sweep started with; `--resume` must match it
 # Written by the trial function when `run_training` returned: the trial was not stopped early.
 COMPLETED = "llmft_trial_completed"
@@ -79,7 +82,7 @@ def run_sweep(cfg: Config, *, address: str | None = None, resume: bool = False) 
     import ray.tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    init_ray(address)
+    init_ray(address, dashboard=True)  # Ray Train frees a stopped trial's workers through the State API
     for trial_cfg in trial_configs:
         check_placement(trial_cfg)
     # Trials may leave out the metric (a report of generation metrics only); ASHA skips those.
@@ -95,8 +98,7 @@ def run_sweep(cfg: Config, *, address: str | None = None, resume: bool = False) 
         tuner = ray.tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         storage.write_text(join(sweep_dir, CONFIG_FILE), json.dumps(cfg.model_dump(mode="json"), indent=2))
-        max_steps = max((c.training.max_steps or 10**9) for c in trial_configs)
-        scheduler = ASHAScheduler(time_attr="step", metric=metric, mode=mode, max_t=max_steps,
+        scheduler = ASHAScheduler(time_attr="step", metric=metric, mode=mode, max_t=NO_STEP_LIMIT,
                                   grace_period=cfg.sweep.grace_period,
                                   reduction_factor=cfg.sweep.reduction_factor) if cfg.sweep.early_stopping \
             else FIFOScheduler()

@@ -101,7 +101,7 @@ def test_family_trains_resumes_exports_and_evaluates(family, ray_session, chat_f
     trace.mkdir()
     monkeypatch.setenv("LLMFT_TRACE_DIR", str(trace))
     cfg = config(model_dir, tmp_path / "runs", attn, f"output.run_name={family}", *data)
-    run_dir = run_training(cfg)
+    run_dir = Path(run_training(cfg))
     straight = losses(run_dir)
     assert sorted(straight) == list(range(1, STEPS + 1))
     assert straight[STEPS] < straight[1]
@@ -109,7 +109,7 @@ def test_family_trains_resumes_exports_and_evaluates(family, ray_session, chat_f
     # -- resumes from the step-2 checkpoint with the same losses
     monkeypatch.delenv("LLMFT_TRACE_DIR")
     step2 = next(c for c in find_checkpoints(run_dir) if read_state(c)["position"]["global_step"] == 2)
-    resumed_dir = run_training(cfg, resume=str(step2))
+    resumed_dir = Path(run_training(cfg, resume=str(step2)))
     resumed = losses(resumed_dir)
     assert sorted(resumed) == [3, 4]
     for step in (3, 4):

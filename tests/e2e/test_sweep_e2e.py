@@ -6,7 +6,8 @@ One sweep serves every test (3 learning rates, ASHA on, 8 steps per trial). What
   from scratch instead of its own latest checkpoint;
 - trials that run more at once than the cluster holds (2 CPUs, 2 workers per trial: one at a time),
   or never start because the trial process itself takes a CPU from the workers;
-- ASHA not seeing the validation metric the workers report (the hopeless trial would run on);
+- ASHA not seeing the validation metric the workers report (the hopeless trial would run on), and
+  a trial after an ASHA-stopped one never starting (the stopped run's workers never released);
 - no trial table, no curves chart, or an export that is not the best trial's best checkpoint;
 - an unknown key in the search space reaching Ray instead of exiting 2 with its name.
 """
@@ -30,7 +31,8 @@ from tests.support import REPO
 pytestmark = pytest.mark.e2e
 
 MAX_STEPS = 8
-LEARNING_RATES = [1e-3, 5e-3, 1e-6]  # the last one learns nothing: ASHA stops it early
+# The second learns nothing: ASHA stops it at step 2, where the first trial did better.
+LEARNING_RATES = [1e-3, 1e-6, 5e-3]
 
 
 def write_sweep_config(folder: Path, model_dir: Path, **sweep) -> Path:
@@ -67,7 +69,7 @@ def snapshot(folder: Path) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def sweep(tiny_model_dir, tmp_path_factory):
-    """The sweep, stopped with SIGINT once the second trial has saved a checkpoint, then resumed."""
+    """The sweep, stopped with SIGINT once the third trial has saved a checkpoint, then resumed."""
     folder = tmp_path_factory.mktemp("sweep")
     config = write_sweep_config(folder, tiny_model_dir)
     sweep_dir = folder / "out" / "lr-sweep"
@@ -77,8 +79,8 @@ def sweep(tiny_model_dir, tmp_path_factory):
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and first.poll() is None:
         folders = sorted(trials.glob("*")) if trials.exists() else []
-        # Trials run one at a time here, so the second one saving a checkpoint means the first finished.
-        if len(folders) >= 2 and any(0 < step < MAX_STEPS for step in checkpoint_steps(folders[1])):
+        # Trials run one at a time here: the third one saving a checkpoint means the others ended.
+        if len(folders) >= 3 and any(0 < step < MAX_STEPS for step in checkpoint_steps(folders[2])):
             break
         time.sleep(0.5)
     assert first.poll() is None, "the sweep ended before it could be interrupted:\n" + \
@@ -89,7 +91,8 @@ def sweep(tiny_model_dir, tmp_path_factory):
     folders = sorted(trials.glob("*"))
     stopped = {"returncode": first.returncode, "output": first_out,
                "table": json.loads((sweep_dir / "trials.json").read_text()),
-               "finished_files": snapshot(folders[0]), "steps": {f.name: checkpoint_steps(f) for f in folders}}
+               "finished_files": {f.name: snapshot(f) for f in folders[:2]},
+               "steps": {f.name: checkpoint_steps(f) for f in folders}}
 
     second = llmft(folder / "second.log", "sweep", str(config), "--resume")
     second.wait(timeout=900)
@@ -104,19 +107,20 @@ def test_stopped_sweep_resumes_without_retraining_finished_trials(sweep):
     assert "--resume" in stopped["output"]
     status = {row["trial"]: row["status"] for row in stopped["table"]}
     first, second, third = sorted(status)
-    assert (status[first], status[second], status[third]) == ("completed", "interrupted", "pending"), status
-    assert 0 < max(stopped["steps"][second]) < MAX_STEPS
+    assert (status[first], status[second], status[third]) == ("completed", "stopped early", "interrupted"), status
+    assert 0 < max(stopped["steps"][third]) < MAX_STEPS
 
     assert sweep["returncode"] == 0, sweep["output"][-4000:]
     trials = sweep["dir"] / "trials"
-    # The finished trial was not run again: not one of its files was written after the stop.
-    assert snapshot(trials / first) == stopped["finished_files"]
+    # The finished trials were not run again: not one of their files was written after the stop.
+    for trial in (first, second):
+        assert snapshot(trials / trial) == stopped["finished_files"][trial], trial
     # The interrupted trial went on from its own checkpoint: the checkpoints from before the stop are
     # there, and no step was checkpointed twice (a restart from scratch would save step 2 again).
-    steps = checkpoint_steps(trials / second)
-    assert set(stopped["steps"][second]) <= set(steps)
+    steps = checkpoint_steps(trials / third)
+    assert set(stopped["steps"][third]) <= set(steps)
     assert sorted(steps) == sorted(set(steps)) and max(steps) == MAX_STEPS, steps
-    losses = [json.loads(line) for line in (trials / second / "metrics.jsonl").read_text().splitlines()]
+    losses = [json.loads(line) for line in (trials / third / "metrics.jsonl").read_text().splitlines()]
     assert sorted(r["step"] for r in losses if "train_loss" in r) == list(range(1, MAX_STEPS + 1))
 
 
@@ -124,11 +128,11 @@ def test_table_curves_early_stopping_and_best_export(sweep):
     rows = {row["trial"]: row for row in sweep["table"]}
     first, second, third = sorted(rows)
     assert [rows[t]["training.learning_rate"] for t in (first, second, third)] == LEARNING_RATES
-    # ASHA saw the reported valid_loss and stopped the trial that learns nothing at a rung (step 2,
-    # or 4: ASHA's records restart with the resumed sweep, where the second trial first reports at 4).
-    assert rows[third]["status"] == "stopped early" and rows[third]["steps"] < MAX_STEPS, rows[third]
-    assert rows[first]["status"] == rows[second]["status"] == "completed"
-    assert rows[first]["steps"] == rows[second]["steps"] == MAX_STEPS
+    # ASHA saw the reported valid_loss and stopped the trial that learns nothing at its first rung,
+    # and the trial after it still got the workers.
+    assert rows[second]["status"] == "stopped early" and rows[second]["steps"] == 2, rows[second]
+    assert rows[first]["status"] == rows[third]["status"] == "completed"
+    assert rows[first]["steps"] == rows[third]["steps"] == MAX_STEPS
     for row in rows.values():
         assert row["best_valid_loss"] == min(value for _, value in row["curve"])
     output = sweep["output"]
