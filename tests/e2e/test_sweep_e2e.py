@@ -14,6 +14,7 @@ One sweep serves every test (3 learning rates, ASHA on, 8 steps per trial). What
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -59,6 +60,20 @@ def llmft(log: Path, *args: str) -> subprocess.Popen:
                                 stdout=out, stderr=subprocess.STDOUT)
 
 
+def stop_tree(process: subprocess.Popen) -> None:
+    """End `process` and everything it started (its embedded Ray), if a wait above gave up."""
+    import psutil
+
+    try:
+        tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(tree, timeout=10)
+
+
 def checkpoint_steps(run_dir: Path) -> list[int]:
     return [read_state(c)["position"]["global_step"] for c in find_checkpoints(run_dir)] if run_dir.exists() else []
 
@@ -75,28 +90,33 @@ def sweep(tiny_model_dir, tmp_path_factory):
     sweep_dir = folder / "out" / "lr-sweep"
     trials = sweep_dir / "trials"
 
-    first = llmft(folder / "first.log", "sweep", str(config))
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and first.poll() is None:
-        folders = sorted(trials.glob("*")) if trials.exists() else []
-        # Trials run one at a time here: the third one saving a checkpoint means the others ended.
-        if len(folders) >= 3 and any(0 < step < MAX_STEPS for step in checkpoint_steps(folders[2])):
-            break
-        time.sleep(0.5)
-    assert first.poll() is None, "the sweep ended before it could be interrupted:\n" + \
-        (folder / "first.log").read_text()[-4000:]
-    first.send_signal(signal.SIGINT)
-    first.wait(timeout=300)
-    first_out = (folder / "first.log").read_text()
-    folders = sorted(trials.glob("*"))
-    stopped = {"returncode": first.returncode, "output": first_out,
-               "table": json.loads((sweep_dir / "trials.json").read_text()),
-               "finished_files": {f.name: snapshot(f) for f in folders[:2]},
-               "steps": {f.name: checkpoint_steps(f) for f in folders}}
+    first, second = llmft(folder / "first.log", "sweep", str(config)), None
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and first.poll() is None:
+            folders = sorted(trials.glob("*")) if trials.exists() else []
+            # Trials run one at a time here: the third one saving a checkpoint means the others ended.
+            if len(folders) >= 3 and any(0 < step < MAX_STEPS for step in checkpoint_steps(folders[2])):
+                break
+            time.sleep(0.5)
+        assert first.poll() is None, "the sweep ended before it could be interrupted:\n" + \
+            (folder / "first.log").read_text()[-4000:]
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=120)
+        first_out = (folder / "first.log").read_text()
+        folders = sorted(trials.glob("*"))
+        stopped = {"returncode": first.returncode, "output": first_out,
+                   "table": json.loads((sweep_dir / "trials.json").read_text()),
+                   "finished_files": {f.name: snapshot(f) for f in folders[:2]},
+                   "steps": {f.name: checkpoint_steps(f) for f in folders}}
 
-    second = llmft(folder / "second.log", "sweep", str(config), "--resume")
-    second.wait(timeout=900)
-    second_out = (folder / "second.log").read_text()
+        second = llmft(folder / "second.log", "sweep", str(config), "--resume")
+        second.wait(timeout=420)
+        second_out = (folder / "second.log").read_text()
+    finally:
+        for process in (first, second):
+            if process is not None:
+                stop_tree(process)
     return {"dir": sweep_dir, "config": config, "stopped": stopped, "returncode": second.returncode,
             "output": second_out, "table": json.loads((sweep_dir / "trials.json").read_text())}
 
