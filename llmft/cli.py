@@ -46,7 +46,7 @@ def _user_errors(func):
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="llmft")
 def main() -> None:
-    """llmft: full-parameter fine-tuning of Llama-architecture models with Ray Train and DeepSpeed ZeRO.
+    """llmft: full-parameter fine-tuning of open LLMs with Ray Train and DeepSpeed ZeRO.
 
     Overrides: every command taking CONFIG accepts `key.sub=value` pairs after it,
     e.g. `llmft train configs/viggo/tiny-cpu.yaml training.learning_rate=1e-4`.
@@ -107,6 +107,19 @@ def train(config, overrides, address, resume, smoke):
     from llmft.train.driver import run_training
 
     run_training(cfg, address=address, resume=resume)
+
+
+@main.command()
+@_with_config
+@click.option("--address", default=None, help="Ray address (default: $RAY_ADDRESS, else an embedded local Ray on 127.0.0.1).")
+@click.option("--resume", is_flag=True, help="Continue the stopped sweep named by output.run_name.")
+@_user_errors
+def sweep(config, overrides, address, resume):
+    """Search CONFIG's `sweep:` space on Ray Tune: each trial a training run; table, curves, best model."""
+    from llmft.config import load_config
+    from llmft.sweep import run_sweep
+
+    run_sweep(load_config(config, overrides), address=address, resume=resume)
 
 
 @main.command()

@@ -44,9 +44,11 @@ class ModelConfig(_Section):
         "(bfloat16 has no fast path on most CPUs)."
     )
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
-        "sdpa", description="Attention kernel passed to transformers. Packed batches get a "
-        "block-diagonal mask under sdpa/eager; under flash_attention_2 each micro-batch becomes one "
-        "padding-free row whose position_ids restart per example."
+        "sdpa", description="Attention kernel passed to transformers. Packed examples are told apart "
+        "by their restarting position_ids (no attention mask; each micro-batch becomes one padding-free "
+        "row), which every kernel reads and which keeps each family's own attention pattern, sliding "
+        "windows included. Gemma-2 needs eager (or flash_attention_2): transformers has no sdpa kernel "
+        "with its soft-capping."
     )
     gradient_checkpointing: bool = Field(
         True, description="Recompute activations in the backward pass to save memory."
@@ -263,6 +265,36 @@ class EvalConfig(_Section):
     )
 
 
+class SweepConfig(_Section):
+    """`llmft sweep`: a hyperparameter search on Ray Tune, each trial a full training run."""
+
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict, description="Config keys and the values to try: every combination is a "
+        "trial, e.g. {training.learning_rate: [1.0e-5, 2.0e-5], training.epochs: [2, 4]}."
+    )
+    choice: dict[str, list[Any]] = Field(
+        default_factory=dict, description="Config keys and values to draw from at random: each trial "
+        "takes one value per key."
+    )
+    num_samples: int = Field(
+        1, ge=1, description="Trials per grid combination (random choices are drawn anew for each)."
+    )
+    early_stopping: bool = Field(
+        False, description="Stop trials early with ASHA when their `output.checkpoint_metric` trails "
+        "the other trials' at the same step."
+    )
+    grace_period: int = Field(
+        10, ge=1, description="ASHA: optimizer steps every trial runs before it may be stopped."
+    )
+    reduction_factor: float = Field(
+        2, gt=1, description="ASHA: at each rung, about 1/reduction_factor of the trials go on."
+    )
+    max_concurrent_trials: int | None = Field(
+        None, ge=1, description="Trials running at once. Default: as many as the cluster's resources "
+        "hold, given each trial's workers."
+    )
+
+
 class Config(_Section):
     """A whole llmft run."""
 
@@ -274,6 +306,7 @@ class Config(_Section):
     output: OutputConfig = Field(default_factory=OutputConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
     source: str | None = Field(None, description="The YAML file this config came from (set by llmft).")
 
     @model_validator(mode="after")
@@ -432,12 +465,34 @@ def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in data.items():
         dotted = f"{prefix}{key}"
-        # resources_per_worker is a free-form mapping: keep it whole.
-        if isinstance(value, dict) and value and key != "resources_per_worker":
+        # Free-form mappings (extra worker resources, a sweep's search space) stay whole.
+        if isinstance(value, dict) and value and key not in ("resources_per_worker", "grid", "choice"):
             flat.update(_flatten(value, dotted + "."))
         else:
             flat[dotted] = value
     return flat
+
+
+def with_values(cfg: Config, values: dict[str, Any], where: str) -> Config:
+    """`cfg` with dotted keys set to `values` (a sweep trial's, say), validated as a YAML file is.
+
+    An invalid value raises LlmftError naming the key and `where` the value came from.
+    """
+    raw = cfg.model_dump(mode="json")
+    for key, value in values.items():
+        _set_dotted(raw, key, value)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        origins = {**{key: str(cfg.source) for key in _flatten(raw)}, **dict.fromkeys(values, where)}
+        raise LlmftError(_explain(exc, raw, origins, Path(cfg.source or "the config"))) from None
+
+
+def leaf_keys() -> list[str]:
+    """Every settable dotted key (`training.learning_rate`, ...), sections excluded."""
+    sections = {name for name, field in Config.model_fields.items()
+                if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)}
+    return [key for key in _known_keys(Config) if key not in sections]
 
 
 def _parse_override(text: str) -> tuple[str, Any]:

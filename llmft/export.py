@@ -33,6 +33,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str) -> str:
 def _export(folder: Path, state: dict, out: Path, source: str) -> None:
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
+    from llmft.models.tokenizer import task_stop_token
     from llmft.tasks import get_task
     from llmft.train.deepspeed import training_dtype
 
@@ -43,7 +44,7 @@ def _export(folder: Path, state: dict, out: Path, source: str) -> None:
     config.save_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
     tokenizer.save_pretrained(out)
-    stop_token = get_task(state["task"]).stop_token or tokenizer.eos_token
+    stop_token = task_stop_token(tokenizer, get_task(state["task"])) or tokenizer.eos_token
     GenerationConfig(bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
                      eos_token_id=tokenizer.convert_tokens_to_ids(stop_token), do_sample=False).save_pretrained(out)
     (out / EXPORT_FILE).write_text(json.dumps(

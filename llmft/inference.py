@@ -23,6 +23,7 @@ from typing import Any
 from llmft.config import Config, load_config
 from llmft.errors import LlmftError
 from llmft.files import write_text_atomic
+from llmft.models.tokenizer import task_stop_token
 
 DEFAULT_MAX_NEW_TOKENS = 256
 
@@ -80,7 +81,7 @@ def run_generate(model: str, *, config: str | None = None, task: str | None = No
 
         # -- generate, batch by batch, as `llmft eval` does
         sampling = Sampling(temperature, top_p) if temperature > 0 else None
-        replica = Replica(cfg, stop_token=task_.stop_token, sampling=sampling,
+        replica = Replica(cfg, stop_token=task_stop_token(tokenizer, task_), sampling=sampling,
                           max_new_tokens=max_new_tokens or cfg.eval.max_new_tokens or DEFAULT_MAX_NEW_TOKENS)
         torch.manual_seed(seed)
         streamer = _terminal_streamer(replica.tokenizer) if len(prompts) == 1 and not output_path else None

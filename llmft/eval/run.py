@@ -32,6 +32,7 @@ def run_eval(cfg: Config, *, model: str | None, split: str, limit: int | None, f
     from llmft.eval.metrics import score_with_examples
     from llmft.eval.prompts import generation_inputs
     from llmft.models.source import check_model_folder, model_source
+    from llmft.models.tokenizer import task_stop_token
     from llmft.tasks import get_task
 
     # -- model, data and engine (user errors surface here, before Ray starts)
@@ -60,7 +61,7 @@ def run_eval(cfg: Config, *, model: str | None, split: str, limit: int | None, f
     print(f"llmft: eval engine {choice.name}" + (" (auto)" if choice.requested == "auto" else "")
           + f", {cfg.world_size} workers, {len(batches)} batches of up to {cfg.eval.batch_size}", flush=True)
     started = time.perf_counter()
-    answers = engines.generate(choice, cfg, prompts, batches, stop_token=task.stop_token,
+    answers = engines.generate(choice, cfg, prompts, batches, stop_token=task_stop_token(tokenizer, task),
                                max_new_tokens=max_new_tokens, seq_len=seq_len)
     seconds = time.perf_counter() - started
 

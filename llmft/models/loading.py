@@ -58,6 +58,12 @@ def load_model(cfg: Config, tokenizer: PreTrainedTokenizerBase, ds_config: dict 
             source, dtype=dtype, attn_implementation=cfg.model.attn_implementation,
             trust_remote_code=cfg.model.trust_remote_code)
     except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: a truncated or corrupt weights file
+        if "does not support an attention implementation" in str(exc):
+            # e.g. Gemma-2: transformers has no sdpa kernel with its attention soft-capping.
+            where = f" (in {cfg.source})" if cfg.source else ""
+            raise LlmftError(f"model.attn_implementation = {cfg.model.attn_implementation!r}{where}: "
+                             f"transformers cannot run this model's attention that way ({str(exc).split(' yet.')[0]}). "
+                             "Set model.attn_implementation: eager (or flash_attention_2 on GPU).") from None
         raise LlmftError(unloadable_message(cfg, "model.name_or_path", source, "model", exc)) from None
     model.llmft_hf_ds_config = hf_ds_config
 

@@ -76,6 +76,24 @@ def add_task_tokens(tokenizer: PreTrainedTokenizerBase, task: Task) -> int:
     return added
 
 
+def task_stop_token(tokenizer: PreTrainedTokenizerBase, task: Task) -> str | None:
+    """The text that ends an answer of `task` with this tokenizer: the task's stop token, or, for a
+    chat task over the tokenizer's own chat template, that template's end-of-turn marker.
+
+    The marker is what the template writes right after an assistant message: the longest special
+    token it starts with (Qwen's `<|im_end|>`, Gemma's `<end_of_turn>`, Phi-3's `<|end|>`, Llama-3's
+    `<|eot_id|>`, Mistral's `</s>`); the EOS token when it starts with none.
+    """
+    if task.format_with_template is None or not getattr(tokenizer, "chat_template", None):
+        return task.stop_token
+    probe = "llmft stop probe"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": probe}],
+                                         tokenize=False)
+    after = text[text.rindex(probe) + len(probe):].lstrip(" ")
+    markers = [t for t in (*tokenizer.all_special_tokens, *tokenizer.get_added_vocab()) if t and after.startswith(t)]
+    return max(markers, key=len) if markers else tokenizer.eos_token
+
+
 def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> None:
     """Pad with `unk`, else `eos`, when the tokenizer has no pad token (see `add_task_tokens`)."""
     if tokenizer.pad_token is None:

@@ -23,8 +23,11 @@ from llmft.storage import join
 
 
 def run_training(cfg: Config, *, address: str | None = None, resume: str | None = None,
-                 extra_env: dict[str, str] | None = None) -> str:
-    """Train, then export the best checkpoint. Returns the run folder (a path or a storage URI)."""
+                 extra_env: dict[str, str] | None = None, callbacks: list | None = None) -> str:
+    """Train, then export the best checkpoint. Returns the run folder (a path or a storage URI).
+
+    `callbacks` are Ray Train callbacks (`llmft sweep` passes Tune's, which forwards the reports).
+    """
     keep_embedded_ray_on_loopback(address)
     from llmft.train import startup
 
@@ -95,6 +98,7 @@ def run_training(cfg: Config, *, address: str | None = None, resume: str | None 
                 checkpoint_score_attribute=cfg.output.checkpoint_metric if scored else None,
                 checkpoint_score_order=cfg.output.checkpoint_mode),
             worker_runtime_env={"env_vars": worker_env(extra_env)},
+            callbacks=callbacks,
         ),
     )
     if resume != "latest":

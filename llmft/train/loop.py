@@ -94,6 +94,17 @@ def join_worker_group(cfg: Config) -> tuple[int, int, torch.device]:
     return rank, world_size, device
 
 
+def batch_arguments(pad_id: int, device: torch.device) -> dict:
+    """How `forward_loss` collates micro-batches, in training and validation alike.
+
+    Packed examples are told apart by their restarting position_ids alone, with no attention
+    mask: transformers then finds the boundaries itself (the KV cache is off) for sdpa, eager and
+    flash-attention, and keeps each layer's own attention pattern. A 4D block mask would replace
+    that pattern, dropping the sliding windows of Mistral, Gemma-2/3, Phi-3 and Qwen2 layers.
+    """
+    return {"pad_id": pad_id, "device": device, "block_mask": False}
+
+
 def train_loop_per_worker(inputs: WorkerInput) -> None:
     # ------------------------------------------------------------------ setup
     # A worker process Ray started before `fit` (a pre-started one) counts from `fit`.
@@ -150,8 +161,7 @@ def train_loop_per_worker(inputs: WorkerInput) -> None:
     )
     hooks.watch(engine.module)
     startup.mark(timeline, "engine_ready", memory)
-    batch_args = {"pad_id": tokenizer.pad_token_id, "device": device,
-                  "block_mask": cfg.model.attn_implementation != "flash_attention_2"}
+    batch_args = batch_arguments(tokenizer.pad_token_id, device)
 
     # ------------------------------------------------------------------ resume
     start = ckpt.restore(engine, checkpoint, cfg, world_size=world_size, rank=rank,
@@ -262,13 +272,14 @@ def generation_eval(engine, tokenizer, cfg: Config, inputs: GenerationInputs, ra
     """Generate answers for a validation subset and score them with the task's metrics (`valid_gen_*`)."""
     from llmft.eval.generate import generate_sharded, generation_batches, stopping_for
     from llmft.eval.metrics import score
+    from llmft.models.tokenizer import task_stop_token
     from llmft.tasks import get_task
 
     task = get_task(cfg.data.task)
     engine.eval()
     answers = generate_sharded(
         engine.module, tokenizer, inputs.prompts, generation_batches(inputs.prompts, tokenizer, cfg.training.micro_batch_size),
-        stopping=stopping_for(tokenizer, task.stop_token, engine.module.generation_config),
+        stopping=stopping_for(tokenizer, task_stop_token(tokenizer, task), engine.module.generation_config),
         max_new_tokens=inputs.max_new_tokens, rank=rank, world_size=world_size, device=device)
     engine.train()
     metrics = score(task.name, [answer.text for answer in answers], inputs.references, inputs.contexts)

@@ -35,7 +35,7 @@ def test_parameter_counts_match_the_published_models(name, expected):
 # The parameter counts of the released checkpoints (their safetensors), config.json in tests/fixtures.
 @pytest.mark.parametrize("name, expected", [
     ("llama-2-7b", 6_738_415_616), ("mistral-7b", 7_241_732_096), ("qwen2.5-0.5b", 494_032_768),
-    ("qwen3-8b", 8_190_735_360), ("gemma-2-9b", 9_241_705_984), ("gemma-3-1b", 999_885_952),
+    ("qwen3-8b", 8_190_735_360), ("qwen3-0.6b", 596_049_920), ("gemma-2-9b", 9_241_705_984), ("gemma-3-1b", 999_885_952),
     ("phi-3-mini-4k", 3_821_079_552),
 ])
 def test_parameter_count_is_exact_for_every_family(name, expected):

@@ -78,3 +78,32 @@ def test_missing_tokenizer_names_its_own_key(tiny_model_dir: Path, tmp_path: Pat
     cfg = model_config(tiny_model_dir, tokenizer=str(tmp_path / "no-such-tokenizer"))
     with pytest.raises(LlmftError, match=r"model\.tokenizer = .*no-such-tokenizer.*no such folder"):
         load_tokenizer(cfg)
+
+
+@pytest.mark.parametrize("style, marker", [("qwen", "<|im_end|>"), ("gemma", "<end_of_turn>"), ("phi3", "<|end|>")])
+def test_a_chat_answer_stops_at_the_end_of_turn_marker_of_the_tokenizers_own_template(style, marker) -> None:
+    """What this catches: chat over Gemma's or Phi-3's template generating past the end of its turn
+    (llmft's own `<|im_end|>` is not in those templates) and an export whose generation config stops
+    at a token the tokenizer does not have."""
+    from llmft.data.tokenize import formatter_for
+    from llmft.models.tiny import TOKENIZER_STYLES, make_tokenizer
+    from llmft.models.tokenizer import task_stop_token
+
+    tokenizer = make_tokenizer(TOKENIZER_STYLES[style], 512, 2048)
+    chat, viggo = get_task("chat"), get_task("viggo")
+    add_task_tokens(tokenizer, chat)
+    assert task_stop_token(tokenizer, chat) == marker
+    assert task_stop_token(tokenizer, viggo) == "<END_MR>"  # other tasks keep their own marker
+    # The stop marker is what training taught to end the answer: the end of its trained segment.
+    example = formatter_for(chat, tokenizer)({"messages": [{"role": "user", "content": "hi"},
+                                                           {"role": "assistant", "content": "hello"}]})
+    trained = [segment.text for segment in example.segments if segment.trained]
+    assert trained[-1].startswith("hello" + marker), trained
+
+
+def test_without_a_chat_template_chat_stops_at_llmfts_own_marker(tiny_model_dir: Path) -> None:
+    from llmft.models.tokenizer import task_stop_token
+
+    tokenizer = load_tokenizer(model_config(tiny_model_dir, "chat"))
+    assert tokenizer.chat_template is None
+    assert task_stop_token(tokenizer, get_task("chat")) == "<|im_end|>"
