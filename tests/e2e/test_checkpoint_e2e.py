@@ -43,15 +43,6 @@ NUM_EXAMPLES = 160  # 5 optimizer steps per epoch at 16 sequences per step
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=2)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def dropout_model_dir(tmp_path_factory) -> Path:
     from llmft.models.tiny import make_tiny_llama
 

@@ -31,15 +31,6 @@ pytestmark = pytest.mark.e2e
 SCRIPTED_ANSWER = "inform(name[Portal])"
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=2)
-    yield
-    ray.shutdown()
-
-
 def evaluate(model_dir, out, engine: str, *overrides: str, limit: int, few_shot: int = 0) -> dict:
     cfg = load_config(REPO / "configs/viggo/tiny-cpu.yaml", [f"model.name_or_path={model_dir}", *overrides])
     return run_eval(cfg, model=None, split="test", limit=limit, few_shot=few_shot, out=str(out), address=None,

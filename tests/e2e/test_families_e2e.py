@@ -45,15 +45,6 @@ STEPS = 4
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=2)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def chat_files(tmp_path_factory) -> dict[str, Path]:
     """The ViGGO samples as OpenAI chat rows: the sentence asked, the meaning representation answered."""
     from llmft.data.samples import generate_rows

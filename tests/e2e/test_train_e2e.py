@@ -29,15 +29,6 @@ def tiny_config(model_dir: Path, out: Path, *overrides: str):
                        [f"model.name_or_path={model_dir}", f"output.dir={out}", *overrides])
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=2)
-    yield
-    ray.shutdown()
-
-
 def test_cli_trains_tiny_viggo_with_two_workers_and_zero3(tiny_model_dir, tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "llmft.cli", "train", "configs/viggo/tiny-cpu.yaml",
