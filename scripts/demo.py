@@ -84,7 +84,8 @@ def main() -> int:
     with phase("5/5 comparison and loss curve", timings, "compare"):
         # A few-shot baseline against a zero-shot fine-tune is the comparison the demo is about.
         run(["llmft", "compare", str(baseline), str(finetuned), "--allow-mixed", "--out", str(out / "comparison.md"),
-             "--plot", str(out / "comparison.png")], out / "logs" / "compare.log", verbose=True)
+             "--plot", str(out / "comparison.png"), "--side-by-side", str(out / "side_by_side.html")],
+            out / "logs" / "compare.log", verbose=True)
         plot_loss_curve(run_dir, out / "loss.png", title=f"SmolLM2-135M on ViGGO sample: {run_name}")
 
     timings["total"] = time.perf_counter() - started + timings.get("install", 0.0)
@@ -153,6 +154,7 @@ def run(command: list[str], log_path: Path, verbose: bool) -> None:
 def summarize(baseline: Path, finetuned: Path, run_dir: Path, timings: dict[str, float],
               args: argparse.Namespace) -> dict:
     base, tuned = json.loads(baseline.read_text()), json.loads(finetuned.read_text())
+    stop_share = tuned["stop_reasons"].get("stop_token", 0) / max(tuned["num_examples"], 1)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
     train = [r for r in records if "train_loss" in r]
     valid = [r for r in records if "valid_loss" in r]
@@ -165,6 +167,10 @@ def summarize(baseline: Path, finetuned: Path, run_dir: Path, timings: dict[str,
         "baseline": base["metrics"],
         "finetuned": tuned["metrics"],
         "exact_match_gain": tuned["metrics"][PRIMARY] - base["metrics"][PRIMARY],
+        # Answers the fine-tune ended with the task's stop token (the rest hit EOS or the length limit).
+        "finetuned_stop_token_share": stop_share,
+        "finetuned_stop_reasons": tuned["stop_reasons"],
+        "examples": side_by_side(baseline, finetuned),
         "training": {
             "steps": len(train),
             "first_train_loss": train[0]["train_loss"] if train else None,
@@ -182,6 +188,23 @@ def summarize(baseline: Path, finetuned: Path, run_dir: Path, timings: dict[str,
     }
 
 
+def side_by_side(baseline: Path, finetuned: Path, wins: int = 3, losses: int = 2) -> list[dict]:
+    """A few test examples with the base answer, the fine-tuned answer and the reference: some the
+    fine-tune gets right and the base model wrong, and some the fine-tune gets wrong."""
+    def rows(results: Path) -> list[dict]:
+        path = results.with_suffix(".predictions.jsonl")
+        return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+    picked = {"win": [], "loss": []}
+    for base, tuned in zip(rows(baseline), rows(finetuned)):
+        right, base_right = bool(tuned[PRIMARY]), bool(base[PRIMARY])  # the metric's own per-example verdict
+        kind = "win" if right and not base_right else "loss" if not right else None
+        if kind and len(picked[kind]) < (wins if kind == "win" else losses):
+            picked[kind].append({"index": tuned["index"], "outcome": kind, "base": base["prediction"],
+                                 "finetuned": tuned["prediction"], "reference": tuned["reference"]})
+    return picked["win"] + picked["loss"]
+
+
 def print_summary(summary: dict, out: Path) -> None:
     base, tuned = summary["baseline"][PRIMARY], summary["finetuned"][PRIMARY]
     print("\n=== summary")
@@ -192,7 +215,12 @@ def print_summary(summary: dict, out: Path) -> None:
         print(f"training: {training['steps']} steps, loss {training['first_train_loss']:.3f} -> "
               f"{training['last_train_loss']:.3f}, {training['mean_step_seconds']:.1f} s/step")
     print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in summary["phase_seconds"].items()))
-    print(f"files: {out}/comparison.md, {out}/comparison.png, {out}/loss.png, {out}/summary.json")
+    print(f"fine-tuned answers ending with the stop token: {summary['finetuned_stop_token_share']:.0%}; "
+          f"final validation loss: {summary['training']['final_valid_loss']}")
+    for example in summary["examples"]:
+        print(f"\n[{example['outcome']}] test #{example['index']}\n  base:       {example['base']}\n"
+              f"  fine-tuned: {example['finetuned']}\n  reference:  {example['reference']}")
+    print(f"files: {out}/comparison.md, {out}/side_by_side.html, {out}/comparison.png, {out}/loss.png, {out}/summary.json")
     if tuned <= base:
         print("note: the fine-tuned model did not beat the baseline this time; see the loss curve "
               "and logs/train.log (raise training.max_steps on a busy machine).")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.support.distributed import single_process_group  # noqa: F401 (a fixture)
+from tests.support.distributed import _rank_variables, single_process_group  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(scope="module")

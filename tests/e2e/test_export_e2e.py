@@ -21,7 +21,7 @@ from llmft.export import export_checkpoint
 from llmft.models.loading import load_model
 from llmft.models.tokenizer import load_task_tokenizer
 from llmft.train.deepspeed import build_deepspeed_config
-from llmft.train.optim import build_optimizer
+from llmft.train.optim import build_optimizer, parameter_groups
 
 pytestmark = pytest.mark.e2e
 
@@ -52,7 +52,9 @@ def test_export_holds_the_trained_weights(zero_stage, tied, tiny_models, tmp_pat
     tokenizer = load_task_tokenizer(cfg)
     ds_config = build_deepspeed_config(cfg, hidden_size=64)
     model = load_model(cfg, tokenizer, ds_config, torch.float32)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=build_optimizer(model, cfg), config=ds_config)
+    groups = parameter_groups(model, cfg.training.weight_decay)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=build_optimizer(groups, cfg), model_parameters=groups,
+                                      config=ds_config)
     ids = tokenizer([TEXT], return_tensors="pt")["input_ids"]
     engine.eval()
     with torch.no_grad():
@@ -69,11 +71,14 @@ def test_export_holds_the_trained_weights(zero_stage, tied, tiny_models, tmp_pat
     checkpoint.mkdir()
     save(engine, tokenizer, cfg, Position(global_step=1), {}, checkpoint, rank=0, world_size=1)
     assert is_complete(checkpoint)
-    out = export_checkpoint(checkpoint, tmp_path / "export")
+    out = Path(export_checkpoint(checkpoint, tmp_path / "export"))
 
     shards = sorted(out.glob("*.safetensors"))
     names = {name for shard in shards for name in safe_open(str(shard), "pt").keys()}
     assert ("lm_head.weight" in names) != tied
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()  # a plain load, as a user's, not one partitioned under ZeRO-3's zero.Init
     exported = AutoModelForCausalLM.from_pretrained(out).eval()
     assert exported.config.tie_word_embeddings == tied
     assert exported.get_input_embeddings().weight.shape[0] == len(tokenizer)
