@@ -207,8 +207,9 @@ def fit(trainer):
 
 
 def find_user_error(exc: BaseException) -> str | None:
-    """Ray re-raises worker exceptions wrapped; find an LlmftError's message inside."""
-    seen = set()
+    """Ray re-raises worker exceptions wrapped; find an LlmftError's message inside. The error
+    objects themselves come first: the wrappers' text shortens a worker's message ("...")."""
+    seen, texts = set(), []
     stack = [exc]
     while stack:
         err = stack.pop()
@@ -217,11 +218,12 @@ def find_user_error(exc: BaseException) -> str | None:
         seen.add(id(err))
         if isinstance(err, LlmftError):
             return str(err)
-        text = str(err)
-        if "LlmftError: " in text:
-            return text.split("LlmftError: ", 1)[1].strip().splitlines()[0]
+        texts.append(str(err))
         stack += [err.__cause__, err.__context__]
         failures = getattr(err, "worker_failures", None)
         if isinstance(failures, dict):
             stack += list(failures.values())
+    for text in texts:
+        if "LlmftError: " in text:
+            return text.split("LlmftError: ", 1)[1].strip().splitlines()[0]
     return None
