@@ -96,7 +96,9 @@ def test_each_answer_is_its_own_prompts_and_ends_at_the_stop_marker(tiny_runs, t
     alone = Replica(cfg, stop_token="<END_MR>", max_new_tokens=results["generation"]["max_new_tokens"])
     expected = [alone.generate([prompt])[0].text for prompt in inputs.prompts]
     assert len(set(expected)) > 3  # different enough that a shuffle would show
-    assert [(p["prompt"], p["prediction"]) for p in predictions(results_file)] == list(zip(inputs.prompts, expected))
+    lines = predictions(results_file)
+    assert [p["prompt"] for p in lines] == [example.prompt for example in inputs.examples]
+    assert [p["prediction"] for p in lines] == expected
 
     scripted = tmp_path / "scripted"
     make_scripted_model(tiny_model_dir, scripted, "viggo", after="<START_MR>", answer=SCRIPTED_ANSWER)
