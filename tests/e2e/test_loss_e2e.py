@@ -17,29 +17,12 @@ import torch
 
 from llmft.train.loss import forward_loss, use_output_projection
 from tests.support.batches import random_examples
-from tests.support.ray_head import free_port
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def process_group(monkeypatch: pytest.MonkeyPatch):
-    import deepspeed
-    import torch.distributed as dist
-    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
-    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
-                       "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_SIZE": "1"}.items():
-        monkeypatch.setenv(key, value)
-    deepspeed.init_distributed(dist_backend="gloo")
-    yield
-    unset_hf_deepspeed_config()
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
-def test_zero3_steps_with_the_chunked_loss_equal_plain_pytorch(tied: bool, tmp_path: Path, process_group) -> None:
+def test_zero3_steps_with_the_chunked_loss_equal_plain_pytorch(tied: bool, tmp_path: Path, single_process_group) -> None:
     import deepspeed
     from deepspeed.utils import safe_get_full_fp32_param
     from transformers import LlamaConfig, LlamaForCausalLM
