@@ -38,6 +38,7 @@ MAX_WORKERS = 2
 MAX_ACCUMULATION = 2
 GENERATION_EXAMPLES = 4
 EVAL_EXAMPLES = 32
+WEIGHT_TOLERANCE = 1e-3  # of the learning rate
 LOSS_TOLERANCE = 1e-5
 
 
@@ -236,7 +237,9 @@ def run_smoke(cfg: Config, *, address: str | None = None, out_dir: str | Path | 
                for run, folder in (("plain", plain_dir), ("resumed", resumed_dir))}
     difference = _max_weight_difference(exports["plain"], exports["resumed"])
     report.details["max_weight_difference"] = difference
-    report.checks["resumed weights equal"] = difference == 0.0
+    # Adam moves a weight by about the learning rate per step: a step lost or repeated on resume
+    # shows at that size, while rounding in a restored scheduler or optimizer stays ulps small.
+    report.checks["resumed weights equal"] = difference <= WEIGHT_TOLERANCE * plan.config.training.learning_rate
     report.details.update(_load_with_transformers(exports["resumed"], plan.config))
     report.checks["export loads in transformers"] = report.details["export_generates"]
     report.seconds = round(time.perf_counter() - started, 1)
