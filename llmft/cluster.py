@@ -30,14 +30,8 @@ def keep_embedded_ray_on_loopback(address: str | None) -> None:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
-def init_ray(address: str | None, *, dashboard: bool = False) -> None:
-    """Join the Ray cluster at `address`/$RAY_ADDRESS, or start an embedded one on loopback.
-
-    `dashboard`: an embedded Ray also runs its dashboard (on 127.0.0.1), which serves Ray's State
-    API. `llmft sweep` needs it: when Tune stops a trial (ASHA, Ctrl+C) it kills that trial's Ray
-    Train controller, and Ray Train's placement-group cleaner asks the State API whether the
-    controller died before it releases the trial's workers. Without it the next trial never starts.
-    """
+def init_ray(address: str | None) -> None:
+    """Join the Ray cluster at `address`/$RAY_ADDRESS, or start an embedded one on loopback."""
     import ray
 
     if ray.is_initialized():
@@ -46,7 +40,7 @@ def init_ray(address: str | None, *, dashboard: bool = False) -> None:
     if address:
         join_cluster(address)
     else:
-        start_embedded_cluster(dashboard=dashboard)
+        start_embedded_cluster()
 
 
 def join_cluster(address: str) -> None:
@@ -82,7 +76,7 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
                          "RAY_ADDRESS and drop --address to run on an embedded local Ray.") from None
 
 
-def start_embedded_cluster(*, dashboard: bool = False) -> None:
+def start_embedded_cluster() -> None:
     """A new local cluster that only this command uses, listening on loopback only.
 
     Processes Ray starts for this cluster (Ray Train's controller and its PlacementGroupCleaner,
@@ -93,14 +87,19 @@ def start_embedded_cluster(*, dashboard: bool = False) -> None:
     RAY_GCS_SERVER_PORT when it starts a head) and its address reaches every process of this job
     through the job's runtime environment. The driver's own environment is left alone: it is
     connected already, and a later command or child process must not inherit this cluster.
+
+    The dashboard runs too, on 127.0.0.1: it serves the State API. Ray Train's PlacementGroupCleaner
+    asks it whether the run's controller is alive and frees the workers' placement group when it
+    died (a trial that Ray Tune stopped, a crashed driver); without it the cleaner can only retry.
     """
     import ray
 
     gcs_address = f"{LOOPBACK}:{_free_port()}"
     os.environ["RAY_GCS_SERVER_PORT"] = gcs_address.rpartition(":")[2]
     try:
-        context = ray.init(address="local", _node_ip_address=LOOPBACK, include_dashboard=dashboard, dashboard_host=LOOPBACK,
-                           log_to_driver=True, runtime_env={"env_vars": {"RAY_ADDRESS": gcs_address}})
+        context = ray.init(address="local", _node_ip_address=LOOPBACK, include_dashboard=True, dashboard_host=LOOPBACK,
+                           dashboard_port=_free_port(), log_to_driver=True,
+                           runtime_env={"env_vars": {"RAY_ADDRESS": gcs_address}})
     finally:
         del os.environ["RAY_GCS_SERVER_PORT"]
     if context.address_info["gcs_address"] != gcs_address:  # the processes would look for the wrong cluster

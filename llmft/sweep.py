@@ -82,7 +82,7 @@ def run_sweep(cfg: Config, *, address: str | None = None, resume: bool = False) 
     import ray.tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    init_ray(address, dashboard=True)  # Ray Train frees a stopped trial's workers through the State API
+    init_ray(address)
     for trial_cfg in trial_configs:
         check_placement(trial_cfg)
     # Trials may leave out the metric (a report of generation metrics only); ASHA skips those.
