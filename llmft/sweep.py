@@ -257,6 +257,8 @@ def _trial_env() -> dict[str, str]:
 
 def trial_rows(results, keys: list[str], metric: str, mode: str) -> list[dict[str, Any]]:
     """One row per trial: its values, best validation metric, steps trained and status."""
+    from llmft.checkpoint import find_checkpoints
+
     rows = []
     for result in results:
         history = _history(result, metric)
@@ -268,7 +270,8 @@ def trial_rows(results, keys: list[str], metric: str, mode: str) -> list[dict[st
         elif last.get("done"):
             status = "stopped early"
         else:
-            status = "interrupted" if history else "pending"
+            # Started: it reported, or saved a checkpoint that Tune had not recorded yet when stopped.
+            status = "interrupted" if history or find_checkpoints(result.path) else "pending"
         best = (min if mode == "min" else max)(history.values()) if history else None
         rows.append({"trial": storage.basename(result.path),  # the trial id (`trial_folder_name`)
                      **{key: result.config.get(key) for key in keys},
