@@ -128,7 +128,7 @@ def needs_resharding(checkpoint, world_size: int) -> bool:
     return state["world_size"] != world_size and state["zero_stage"] >= 1
 
 
-def restore(engine, checkpoint, cfg: Config, *, world_size: int, rank: int, local_rank: int) -> Position:
+def restore(engine, checkpoint, cfg: Config, *, world_size: int, rank: int) -> Position:
     """Load DeepSpeed state and RNG states from `checkpoint` (a Ray Checkpoint or None).
 
     A checkpoint of another world size (an elastic run after a node loss, or `--resume` with
@@ -141,7 +141,7 @@ def restore(engine, checkpoint, cfg: Config, *, world_size: int, rank: int, loca
         state = read_state(folder)
         check_compatible(state, cfg, where=folder)
         if needs_resharding(checkpoint, world_size):
-            _load_universal(engine, Path(folder), key=f"{checkpoint.path}@{world_size}", local_rank=local_rank)
+            _load_universal(engine, Path(folder), key=f"{checkpoint.path}@{world_size}", rank=rank)
         else:
             load_path, _ = engine.load_checkpoint(folder, tag=DEEPSPEED_TAG, load_optimizer_states=True,
                                                   load_lr_scheduler_states=True)
@@ -153,7 +153,7 @@ def restore(engine, checkpoint, cfg: Config, *, world_size: int, rank: int, loca
     return Position(**state["position"])
 
 
-def _load_universal(engine, folder: Path, *, key: str, local_rank: int) -> None:
+def _load_universal(engine, folder: Path, *, key: str, rank: int) -> None:
     """DeepSpeed converts the checkpoint to its universal format (once per node, into node-local
     scratch, never into the checkpoint) and the engine loads it, re-partitioned for this world
     size. Two DeepSpeed 0.19 details are undone afterwards (see comments)."""
@@ -163,9 +163,18 @@ def _load_universal(engine, folder: Path, *, key: str, local_rank: int) -> None:
     import torch.distributed as dist
     from deepspeed.checkpoint import ds_to_universal
 
-    node = ray.get_runtime_context().get_node_id()[:12]
-    scratch = Path(tempfile.gettempdir()) / f"llmft-universal-{node}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-    if local_rank == 0:
+    node = ray.get_runtime_context().get_node_id()
+    scratch = Path(tempfile.gettempdir()) / f"llmft-universal-{node[:12]}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    # The scratch is per Ray node, so the worker that fills it is chosen per Ray node too. Ray
+    # Train's local rank would not do: it counts workers per node *IP* (ray.train.v2
+    # WorkerGroup._assign_worker_ranks), and Ray nodes can share one IP (several raylets on a
+    # host, host-network containers). A node whose workers all had local rank > 0 then found no
+    # conversion, and DeepSpeed's load failed on an empty file list (`assert len(self.ckpt_list)
+    # > 0` in deepspeed.runtime.state_dict_factory.SDLoaderBase.check_ckpt_list).
+    node_ids: list[str] = [""] * dist.get_world_size()
+    dist.all_gather_object(node_ids, node)
+    converts = first_on_its_node(node_ids, rank)
+    if converts:
         shutil.rmtree(scratch, ignore_errors=True)
         ds_to_universal.main(argparse.Namespace(
             input_folder=str(folder / DEEPSPEED_TAG), output_folder=str(scratch / DEEPSPEED_TAG),
@@ -187,8 +196,13 @@ def _load_universal(engine, folder: Path, *, key: str, local_rank: int) -> None:
         if torch.is_tensor(param_state.get("step")):
             param_state["step"] = param_state["step"].clone()
     dist.barrier()
-    if local_rank == 0:
+    if converts:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def first_on_its_node(node_ids: list[str], rank: int) -> bool:
+    """Whether `rank` is the lowest rank on its Ray node (`node_ids[r]` is rank r's node id)."""
+    return node_ids.index(node_ids[rank]) == rank
 
 
 def newest(ray_checkpoint, resume_path: str | None, run_dir: str):

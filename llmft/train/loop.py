@@ -167,8 +167,7 @@ def train_loop_per_worker(inputs: WorkerInput) -> None:
     batch_args = batch_arguments(tokenizer.pad_token_id, device)
 
     # ------------------------------------------------------------------ resume
-    start = ckpt.restore(engine, checkpoint, cfg, world_size=world_size, rank=rank,
-                         local_rank=ray.train.get_context().get_local_rank())
+    start = ckpt.restore(engine, checkpoint, cfg, world_size=world_size, rank=rank)
     hooks.record_states(engine, "restored", start.global_step)
     global_step, epoch, skip = start.global_step, start.epoch, start.step_in_epoch
     logger = MetricsLogger(cfg, run_dir=inputs.run_dir, enabled=rank == 0, total_steps=total_steps,

@@ -20,6 +20,7 @@ from llmft.checkpoint import (
     STATE_FILE,
     Position,
     find_checkpoints,
+    first_on_its_node,
     manifest_name,
     problems,
     read_state,
@@ -157,3 +158,16 @@ def test_checkpoints_in_a_bucket_are_found_and_checked_the_same_way(s3_server, t
         "deepspeed/zero_pp_rank_1_mp_rank_00_optim_states.pt has 10239 bytes, its manifest says 10240"]
     with pytest.raises(LlmftError, match="does not exist"):
         read_state(storage.join(remote, "checkpoint_z"))
+
+
+@pytest.mark.parametrize("node_ids, converting", [
+    (["a"], [0]),
+    (["a", "a"], [0]),
+    (["a", "b"], [0, 1]),  # two Ray nodes, even on one IP (where Ray Train's local ranks are 0 and 1)
+    (["a", "b", "a", "b"], [0, 1]),
+    (["b", "a", "a", "b"], [0, 1]),
+])
+def test_the_first_worker_of_each_ray_node_converts_a_universal_checkpoint(node_ids, converting):
+    """Each Ray node's scratch gets exactly one converting worker: none would leave that node's
+    workers an empty folder to load, two would write over each other."""
+    assert [rank for rank in range(len(node_ids)) if first_on_its_node(node_ids, rank)] == converting
