@@ -7,7 +7,7 @@ import pytest
 
 from llmft.config import Config
 from llmft.errors import LlmftError
-from llmft.train.driver import claim_run_folder, resolve_run
+from llmft.train.driver import claim_run_folder, find_user_error, resolve_run
 
 
 def config(out, run_name=None) -> Config:
@@ -36,3 +36,19 @@ def test_only_one_of_two_runs_claims_a_run_folder(tmp_path):
     claim_run_folder(run_dir)
     with pytest.raises(LlmftError, match="already exists"):
         claim_run_folder(run_dir)
+
+
+def test_a_workers_user_error_reaches_the_user_whole():
+    """Ray's WorkerGroupError quotes a worker's error shortened ("..."); the error object it holds
+    in `worker_failures` has the whole message, and that is what the user gets."""
+    inner = LlmftError("model.name_or_path = '/models/x': could not load the model from this folder: " + "y" * 300)
+
+    class WorkerGroupError(Exception):
+        pass
+
+    outer = WorkerGroupError("Training failed due to worker errors: LlmftError: model.name_or_...")
+    outer.worker_failures = {0: RuntimeError("wrapped")}
+    outer.worker_failures[0].__cause__ = inner
+    assert find_user_error(outer) == str(inner)
+    assert find_user_error(RuntimeError("nothing of ours")) is None
+
