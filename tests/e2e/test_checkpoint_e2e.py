@@ -106,13 +106,15 @@ def assert_each_example_once_per_epoch(trace: Path, cfg, epochs: int = 2) -> Non
     from llmft.data.batching import TokenizedExamples, collate
     from llmft.data.tokenize import tokenize_split
     from llmft.models.tokenizer import load_task_tokenizer
+    from llmft.train.loop import batch_arguments
 
     kept, rolled_back = kept_records(trace)
     assert rolled_back, "no attempt was cut short: the test did not exercise a recovery"
     tokenizer = load_task_tokenizer(cfg)
     data = TokenizedExamples.from_table(tokenize_split(cfg, tokenizer, "train"))
+    layout = batch_arguments(tokenizer.pad_token_id, torch.device("cpu"))  # as the loop collates
     for record in kept + rolled_back:  # the ids name exactly the tokens the model received
-        batch = collate(data, record["rows"], pad_id=tokenizer.pad_token_id, block_mask=True)
+        batch = collate(data, record["rows"], pad_id=layout["pad_id"], block_mask=layout["block_mask"])
         assert input_ids_hash(batch["input_ids"]) == record["input_ids_sha1"], record
     per_rank = Counter((r["rank"], r["step"], r["micro"]) for r in kept)
     assert set(per_rank.values()) == {1}, [k for k, n in per_rank.items() if n > 1]  # no micro-batch twice
