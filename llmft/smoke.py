@@ -38,7 +38,7 @@ MAX_WORKERS = 2
 MAX_ACCUMULATION = 2
 GENERATION_EXAMPLES = 4
 EVAL_EXAMPLES = 32
-WEIGHT_TOLERANCE = 1e-3  # of the learning rate
+WEIGHT_TOLERANCE = 0.1  # of the learning rate
 LOSS_TOLERANCE = 1e-5
 
 
@@ -238,7 +238,8 @@ def run_smoke(cfg: Config, *, address: str | None = None, out_dir: str | Path | 
     difference = _max_weight_difference(exports["plain"], exports["resumed"])
     report.details["max_weight_difference"] = difference
     # Adam moves a weight by about the learning rate per step: a step lost or repeated on resume
-    # shows at that size, while rounding in a restored scheduler or optimizer stays ulps small.
+    # shows at that size. Measured between equal runs: up to 3e-8 at a learning rate of 5e-6 (one
+    # near-zero weight rounded to bf16 differently after CPU Adam with parameter offload).
     report.checks["resumed weights equal"] = difference <= WEIGHT_TOLERANCE * plan.config.training.learning_rate
     report.details.update(_load_with_transformers(exports["resumed"], plan.config))
     report.checks["export loads in transformers"] = report.details["export_generates"]

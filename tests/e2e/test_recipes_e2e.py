@@ -66,10 +66,13 @@ def test_smoke_run_of_each_recipe_setup(recipe: Path, tmp_path: Path) -> None:
     # The export is a model plain transformers loads, in the training dtype, with the task's tokens.
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from llmft.tasks import get_task
+
     model = AutoModelForCausalLM.from_pretrained(smoke_dir / "export-resumed")
     tokenizer = AutoTokenizer.from_pretrained(smoke_dir / "export-resumed")
-    assert model.dtype == torch.bfloat16 and "<END_MR>" in tokenizer.get_vocab()
-    ids = tokenizer("<START_TEXT>Is it fun?<END_TEXT><START_MR>", return_tensors="pt")["input_ids"]
+    stop = get_task(recipe_cfg.data.task).stop_token
+    assert model.dtype == torch.bfloat16 and stop in tokenizer.get_vocab()
+    ids = tokenizer(f"Is it fun? {stop}", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         assert torch.isfinite(model(ids).logits.float()).all()
 
