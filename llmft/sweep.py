@@ -71,6 +71,7 @@ def run_sweep(cfg: Config, *, address: str | None = None, resume: bool = False) 
     cfg = absolute_paths(cfg)
     storage.check_reachable(cfg.output.dir, "output.dir")
     name, sweep_dir = sweep_folder(cfg, resume)
+    trials_dir = join(sweep_dir, "trials")
     trial_configs = [with_values(cfg, values, "sweep") for values in space]
     # Tokenize (and cache) once here: a data error shows now, and the trials find the cache.
     tokenizer = load_task_tokenizer(cfg)
@@ -88,7 +89,7 @@ def run_sweep(cfg: Config, *, address: str | None = None, resume: bool = False) 
     # Trials may leave out the metric (a report of generation metrics only); ASHA skips those.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     trainable = ray.tune.with_resources(
-        functools.partial(run_trial, base=cfg, trials_dir=join(sweep_dir, "trials"), env=_trial_env()),
+        functools.partial(run_trial, base=cfg, trials_dir=trials_dir, env=_trial_env()),
         TRIAL_DRIVER_RESOURCES)
     tune_path = join(sweep_dir, "tune")
     if resume:
@@ -114,7 +115,7 @@ def run_sweep(cfg: Config, *, address: str | None = None, resume: bool = False) 
     results = tuner.fit()
 
     # -- the trial table, curves and the best trial's model
-    rows = trial_rows(results, list(space[0]), metric, mode)
+    rows = trial_rows(results, list(space[0]), metric, mode, trials_dir)
     print_trial_table(rows, metric)
     storage.write_text(join(sweep_dir, "trials.md"), trial_table_markdown(rows, metric))
     storage.write_text(join(sweep_dir, "trials.json"), json.dumps(rows, indent=2))
@@ -255,12 +256,14 @@ def _trial_env() -> dict[str, str]:
 # ---------------------------------------------------------------- results
 
 
-def trial_rows(results, keys: list[str], metric: str, mode: str) -> list[dict[str, Any]]:
-    """One row per trial: its values, best validation metric, steps trained and status."""
+def trial_rows(results, keys: list[str], metric: str, mode: str, trials_dir: str) -> list[dict[str, Any]]:
+    """One row per trial: its values, best validation metric, steps trained and status. A trial's
+    run folder is `trials_dir/<trial id>`."""
     from llmft.checkpoint import find_checkpoints
 
     rows = []
     for result in results:
+        trial = storage.basename(result.path)  # the trial id (`trial_folder_name`)
         history = _history(result, metric)
         last = result.metrics or {}
         if result.error is not None:
@@ -271,9 +274,9 @@ def trial_rows(results, keys: list[str], metric: str, mode: str) -> list[dict[st
             status = "stopped early"
         else:
             # Started: it reported, or saved a checkpoint that Tune had not recorded yet when stopped.
-            status = "interrupted" if history or find_checkpoints(result.path) else "pending"
+            status = "interrupted" if history or find_checkpoints(join(trials_dir, trial)) else "pending"
         best = (min if mode == "min" else max)(history.values()) if history else None
-        rows.append({"trial": storage.basename(result.path),  # the trial id (`trial_folder_name`)
+        rows.append({"trial": trial,
                      **{key: result.config.get(key) for key in keys},
                      f"best_{metric}": best, "steps": _last_step(result), "status": status,
                      "curve": sorted(history.items())})

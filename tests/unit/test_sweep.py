@@ -78,7 +78,7 @@ class FakeResult:
         self.path = f"/sweep/tune/{trial_id}"
 
 
-def test_trial_table_reads_status_best_metric_and_steps_from_tunes_records():
+def test_trial_table_reads_status_best_metric_and_steps_from_tunes_records(tmp_path):
     results = [
         FakeResult("a_00000", 1e-3, [{"step": 2, "valid_loss": 3.0}, {"step": 4, "valid_loss": 2.5},
                                      {"step": 4, "valid_loss": 2.4}, {"step": 6, "valid_loss": 2.6}],
@@ -87,14 +87,22 @@ def test_trial_table_reads_status_best_metric_and_steps_from_tunes_records():
         FakeResult("a_00002", 3e-3, [{"step": 2, "valid_loss": 3.5}], {"done": False}),
         FakeResult("a_00003", 5e-3, None, {}, error=RuntimeError("boom")),
         FakeResult("a_00004", 7e-3, None, {}),
+        FakeResult("a_00005", 9e-3, None, {}),  # stopped after a checkpoint Tune had not recorded yet
     ]
-    rows = trial_rows(results, ["training.learning_rate"], "valid_loss", "min")
+    from llmft.checkpoint import Position, write_manifest, write_state
+    from tests.support import model_config
+
+    checkpoint = tmp_path / "trials" / "a_00005" / "checkpoint_1"
+    checkpoint.mkdir(parents=True)
+    write_state(checkpoint, model_config("m"), Position(global_step=2), {}, world_size=1)
+    write_manifest(checkpoint, rank=0, world_size=1)
+    rows = trial_rows(results, ["training.learning_rate"], "valid_loss", "min", str(tmp_path / "trials"))
     by_trial = {row["trial"]: row for row in rows}
     assert by_trial["a_00000"]["best_valid_loss"] == 2.4 and by_trial["a_00000"]["steps"] == 6
     assert by_trial["a_00000"]["curve"] == [(2, 3.0), (4, 2.4), (6, 2.6)]
     assert [by_trial[t]["status"] for t in sorted(by_trial)] == [
-        "completed", "stopped early", "interrupted", "error", "pending"]
-    assert trial_rows(results[:2], ["training.learning_rate"], "valid_loss", "max")[0]["best_valid_loss"] == 3.0
+        "completed", "stopped early", "interrupted", "error", "pending", "interrupted"]
+    assert trial_rows(results[:2], ["training.learning_rate"], "valid_loss", "max", str(tmp_path / "trials"))[0]["best_valid_loss"] == 3.0
     table = trial_table_markdown(rows, "valid_loss")
     assert "| trial | training.learning_rate | best_valid_loss | steps | status |" in table
     assert "| a_00000 | 0.001 | 2.4 | 6 | completed |" in table
