@@ -278,11 +278,12 @@ class TrainRun:
 
 
 def train_with_llmft(config: Path, overrides: list[str], *, label: str, poll_seconds: float = 0.25,
-                     env: dict[str, str] | None = None, export: bool = False) -> TrainRun:
+                     env: dict[str, str] | None = None, export: bool = False, tree: Path = REPO) -> TrainRun:
     """Run `llmft train CONFIG overrides` in a subprocess and measure it from outside.
 
     The run folder is `WORK_DIR/<label>-<time>` (its log beside it, with `.log`); `export` keeps
-    the command's export of the trained model (to `<run folder>/model`)."""
+    the command's export of the trained model (to `<run folder>/model`). `tree` is the checkout
+    whose llmft runs (another commit's worktree, for A/B comparisons)."""
     WORK_DIR.mkdir(parents=True, exist_ok=True)
     run_name = f"{label}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = WORK_DIR / run_name
@@ -290,14 +291,16 @@ def train_with_llmft(config: Path, overrides: list[str], *, label: str, poll_sec
     command = [sys.executable, "-m", "llmft.cli", "train", str(config), f"output.dir={WORK_DIR}",
                f"output.run_name={run_name}", f"output.export_best={str(export).lower()}", "logging.progress_bar=false",
                *overrides]
-    print(f"  $ llmft train {config.relative_to(REPO)} {' '.join(overrides)}", flush=True)
+    print(f"  $ llmft train {config.relative_to(tree)} {' '.join(overrides)}", flush=True)
     env = dict(os.environ, PYTHONWARNINGS="ignore", RAY_DEDUP_LOGS="1", **(env or {}))
+    if tree != REPO:
+        env["PYTHONPATH"] = str(tree)
     env.pop("RAY_ADDRESS", None)  # an embedded Ray of its own: other engineers' clusters stay out
     started = time.perf_counter()
     first_step = None
     watcher = MemoryWatcher()
     with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=tree, env=env)
         watcher.start(process.pid, poll_seconds)
         metrics = run_dir / "metrics.jsonl"
         while process.poll() is None:

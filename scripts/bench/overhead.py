@@ -29,6 +29,15 @@ GOAL = 1.10
 WARMUP_STEPS = 2
 
 
+def work(model: Path, steps: int) -> list[str]:
+    """The training both sides do, as overrides of the tiny config (also used by commits.py)."""
+    return [f"model.name_or_path={model}", "data.valid=null", "data.max_length=128", "data.packing=true",
+            "training.micro_batch_size=4", "training.global_batch_size=8", f"training.max_steps={steps}",
+            "training.eval_every_steps=null", "training.checkpoint_every_steps=null",
+            "training.generation_eval_every_steps=null", "scaling.cpus_per_worker=1",
+            "model.gradient_checkpointing=false"]
+
+
 def main() -> None:
     parser = common.arguments(__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=12)
@@ -39,12 +48,7 @@ def main() -> None:
 
     from llmft.config import load_config
 
-    model = common.small_llama()
-    overrides = [f"model.name_or_path={model}", "data.valid=null", "data.max_length=128", "data.packing=true",
-                 "training.micro_batch_size=4", "training.global_batch_size=8", f"training.max_steps={args.steps}",
-                 "training.eval_every_steps=null", "training.checkpoint_every_steps=null",
-                 "training.generation_eval_every_steps=null", "scaling.cpus_per_worker=1",
-                 "model.gradient_checkpointing=false"]
+    overrides = work(common.small_llama(), args.steps)
     arms = {}
     for workers in args.workers:
         if workers == 1:
