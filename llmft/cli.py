@@ -234,12 +234,14 @@ def doctor(config, overrides, address, build_ops, as_json):
 @_with_config
 @click.option("--address", default=None, help="Ray dashboard address, e.g. http://HEAD:8265 (default: $RAY_ADDRESS).")
 @click.option("--follow", is_flag=True, help="Stream the job's logs and exit with its status.")
+@click.option("--resume", default=None,
+              help="`latest` or a checkpoint path or URI that the cluster reaches: passed to `llmft train --resume`.")
 @_user_errors
-def submit(config, overrides, address, follow):
+def submit(config, overrides, address, follow, resume):
     """Submit `llmft train CONFIG` as a Ray job."""
     from llmft.launch.submit import submit_job
 
-    sys.exit(submit_job(config, list(overrides), address=address, follow=follow))
+    sys.exit(submit_job(config, list(overrides), address=address, follow=follow, resume=resume))
 
 
 @main.group()

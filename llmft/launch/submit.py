@@ -101,13 +101,14 @@ class JobRequest:
         return sorted(self.runtime_env.get("env_vars", {}))
 
 
-def submit_job(config_path: str, overrides: list[str], address: str | None, follow: bool) -> int:
-    """Validate CONFIG locally, submit `llmft train CONFIG overrides...`, print the job id.
+def submit_job(config_path: str, overrides: list[str], address: str | None, follow: bool,
+               resume: str | None = None) -> int:
+    """Validate CONFIG locally, submit `llmft train CONFIG overrides... [--resume RESUME]`, print the job id.
 
     Returns 0 once submitted, or with `follow` the job's exit status (0 SUCCEEDED, 1 FAILED,
     130 STOPPED).
     """
-    request = build_job_request(config_path, overrides)
+    request = build_job_request(config_path, overrides, resume=resume)
     for warning in request.warnings:
         click.echo(textwrap.fill(f"warning: {warning}", width=100, break_long_words=False,
                                  break_on_hyphens=False), err=True)
@@ -168,8 +169,10 @@ def _redact(text: str, request: JobRequest) -> str:
 
 def build_job_request(config_path: str, overrides: list[str] | tuple[str, ...] = (),
                       workdir: str | Path | None = None,
-                      environ: Mapping[str, str] | None = None) -> JobRequest:
-    """Check the config and turn it into an entrypoint and runtime env. No network, no Ray."""
+                      environ: Mapping[str, str] | None = None, resume: str | None = None) -> JobRequest:
+    """Check the config and turn it into an entrypoint and runtime env. No network, no Ray.
+
+    `resume` (`latest` or a checkpoint path or URI) is passed on as `llmft train --resume`."""
     from llmft.config import load_config
 
     workdir = Path(workdir or Path.cwd()).resolve()
@@ -213,7 +216,7 @@ def build_job_request(config_path: str, overrides: list[str] | tuple[str, ...] =
     env_vars.update({name: value for name, value in environ.items() if name.startswith("LLMFT_")})
     relative_posix = relative.as_posix()
     return JobRequest(
-        entrypoint=shlex.join(["llmft", "train", relative_posix, *overrides]),
+        entrypoint=shlex.join(["llmft", "train", relative_posix, *overrides, *(["--resume", resume] if resume else [])]),
         runtime_env={"working_dir": str(workdir), "excludes": list(DEFAULT_EXCLUDES), "env_vars": env_vars},
         metadata={"job_name": f"llmft train {relative_posix}", "llmft_config": relative_posix},
         submission_id=_submission_id(_slug(relative)),

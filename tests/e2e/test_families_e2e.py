@@ -1,12 +1,12 @@
 """Open model families beyond Llama, end to end with real Ray Train, DeepSpeed ZeRO-3 and Ray Data.
 
 Each family's tiny model is its released config (tests/fixtures/model_configs) shrunk by
-`llmft.models.tiny`, with a tokenizer in the family's style: Qwen3-0.6B (byte-level BPE without
-BOS, tied embeddings, q/k norms) and Gemma-2 (tied embeddings, sliding and full layers,
-soft-capping, eager attention, its chat template). Gemma-2 trains OpenAI-style chat rows over its
-own chat template, Qwen3 ViGGO with its marker tokens. (Two families keep the suite's time; the
-packed-loss and parameter-count unit tests cover Mistral, Phi-3, Qwen2.5 and Gemma-3 too.) Each one trains under ZeRO-3 on 2
-workers, resumes from a checkpoint with the uninterrupted run's losses, exports a folder plain
+`llmft.models.tiny`, with a tokenizer in the family's style: Mistral (sliding window, BOS),
+Qwen3-0.6B (byte-level BPE without BOS, tied embeddings, q/k norms), Gemma-2 (tied embeddings,
+sliding and full layers, soft-capping, eager attention), Phi-3 (fused projections, sliding
+window, no BOS, its chat template). Gemma-2 and Phi-3 train OpenAI-style chat rows over their own
+chat templates, the others ViGGO with its marker tokens. (The packed-loss and parameter-count unit
+tests also cover Qwen2.5 and Gemma-3.) Each one trains under ZeRO-3 on 2 workers, resumes from a checkpoint with the uninterrupted run's losses, exports a folder plain
 transformers loads with the trained model's logits, and is scored by `llmft eval`.
 
 What these catch: a family that does not load, shard, save or export through the shared
@@ -32,13 +32,15 @@ from tests.support import MODEL_CONFIG_FIXTURES, REPO
 
 pytestmark = pytest.mark.e2e
 
-# family -> (released config it is made like, attention kernel, task). Gemma-2 trains the chat task
-# over its own chat template, Qwen3 ViGGO with its marker tokens.
+# family -> (released config it is made like, attention kernel, task). Gemma-2 and Phi-3 train the
+# chat task over their own chat templates; the others ViGGO with its marker tokens.
 FAMILIES = {
+    "mistral": ("mistral-7b", "sdpa", "viggo"),
     "qwen3": ("qwen3-0.6b", "sdpa", "viggo"),
     "gemma2": ("gemma-2-9b", "eager", "chat"),  # transformers has no sdpa kernel with Gemma-2's soft-capping
+    "phi3": ("phi-3-mini-4k", "sdpa", "chat"),
 }
-END_OF_TURN = {"gemma2": "<end_of_turn>"}
+END_OF_TURN = {"gemma2": "<end_of_turn>", "phi3": "<|end|>"}
 STEPS = 4
 
 

@@ -182,45 +182,22 @@ def assert_run_outputs(run_dir: Path) -> None:
     assert list((run_dir / "model").glob("*.safetensors"))
 
 
-def test_llmft_submit_follow_trains_the_tiny_config(client_env, head, tiny_model_dir, tmp_path):
-    overrides = tiny_overrides(tiny_model_dir, tmp_path, "via-llmft-submit")
-    done = run_cli(head, "submit", "configs/viggo/tiny-cpu.yaml", *overrides, "--follow",
-                   env={"HF_TOKEN": FAKE_HF_TOKEN})
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output[-6000:]
-    assert FAKE_HF_TOKEN not in output and "HF_TOKEN" in done.stderr  # named, never shown
-    job_id = done.stdout.splitlines()[0].strip()
-    assert job_id.startswith("llmft-viggo-tiny-cpu-")
-    from llmft.launch import jobs
-
-    info = jobs.get_job(jobs.job_client(None), job_id)
-    assert str(info.status) == "SUCCEEDED"
-    assert info.runtime_env["env_vars"]["HF_TOKEN"] == FAKE_HF_TOKEN  # passed through to the job
-    assert_run_outputs(tmp_path / "via-llmft-submit")
-
-
-def test_plain_ray_job_submit_trains_the_tiny_config(head, tiny_model_dir, tmp_path):
-    # The documented plain-Ray way: the repo's .rayignore keeps outputs and caches out of the upload.
-    overrides = tiny_overrides(tiny_model_dir, tmp_path, "via-ray-job-submit")
-    env = {**os.environ, **head.env}
-    done = subprocess.run(["ray", "job", "submit", "--address", head.dashboard_url, "--working-dir", ".",
-                           "--", "llmft", "train", "configs/viggo/tiny-cpu.yaml", *overrides],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
-    assert "succeeded" in (done.stdout + done.stderr).lower()
-    assert_run_outputs(tmp_path / "via-ray-job-submit")
-
-
 def test_training_stopped_mid_way_resumes_from_a_complete_checkpoint(client_env, head, tiny_model_dir, tmp_path):
+    """Started with plain `ray job submit` (the repo's .rayignore keeps outputs and caches out of
+    the upload), stopped with `llmft jobs stop`, continued with `llmft submit --follow --resume latest`
+    (one training test covers both ways in, to keep the suite's time)."""
     from llmft.checkpoint import find_checkpoints, read_state
-    from llmft.launch.submit import submit_entrypoint
+    from llmft.launch import jobs
+    from llmft.train.logger import read_metrics
 
     run_dir = tmp_path / "stopped"
     overrides = tiny_overrides(tiny_model_dir, tmp_path, "stopped", "training.max_steps=16",
                                "training.checkpoint_every_steps=2", "training.eval_every_steps=2")
-    train = ["llmft", "train", "configs/viggo/tiny-cpu.yaml", *overrides]
-    assert submit_entrypoint(shlex.join(train), address=None, follow=False, working_dir=REPO,
-                             submission_id="e2e-stopped-training") == 0
+    started = subprocess.run(["ray", "job", "submit", "--address", head.dashboard_url, "--working-dir", ".",
+                              "--submission-id", "e2e-stopped-training", "--no-wait",
+                              "--", "llmft", "train", "configs/viggo/tiny-cpu.yaml", *overrides],
+                             cwd=REPO, env={**os.environ, **head.env}, capture_output=True, text=True, timeout=300)
+    assert started.returncode == 0, (started.stdout + started.stderr)[-6000:]
     deadline = time.monotonic() + 600
     while not find_checkpoints(run_dir):
         status = job_status("e2e-stopped-training")
@@ -238,12 +215,17 @@ def test_training_stopped_mid_way_resumes_from_a_complete_checkpoint(client_env,
     before = {json.loads(line)["step"]: line for line in (run_dir / "metrics.jsonl").read_text().splitlines()
               if line and json.loads(line).get("step", 0) <= latest_step}
 
-    resumed = submit_entrypoint(shlex.join([*train, "--resume", "latest"]), address=None, follow=True,
-                                working_dir=REPO, submission_id="e2e-resumed-training")
-    assert resumed == 0
+    resumed = run_cli(head, "submit", "configs/viggo/tiny-cpu.yaml", *overrides, "--resume", "latest", "--follow",
+                      env={"HF_TOKEN": FAKE_HF_TOKEN})
+    output = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, output[-6000:]
+    assert FAKE_HF_TOKEN not in output and "HF_TOKEN" in resumed.stderr  # named, never shown
+    job_id = resumed.stdout.splitlines()[0].strip()
+    assert job_id.startswith("llmft-viggo-tiny-cpu-")
+    info = jobs.get_job(jobs.job_client(None), job_id)
+    assert str(info.status) == "SUCCEEDED"
+    assert info.runtime_env["env_vars"]["HF_TOKEN"] == FAKE_HF_TOKEN  # passed through to the job
     assert_run_outputs(run_dir)
-    from llmft.train.logger import read_metrics
-
     steps = [record["step"] for record in read_metrics(run_dir) if "train_loss" in record]
     assert steps == list(range(1, 17)), steps  # every step once: no gap, no step trained twice
     after = (run_dir / "metrics.jsonl").read_text().splitlines()

@@ -28,7 +28,7 @@ from pathlib import Path
 import psutil
 
 from tests.support.ray_head import (_NO_PROXY, LOOPBACK, LocalHead, node_args, start_local_head,
-                                     stop_local_head, stop_ray_start)
+                                     stop_ray_start, stop_ray_starts)
 
 
 # `ray start` for a node that joins a head on 127.0.0.1. Ray's CLI refuses to add a node in its
@@ -156,7 +156,7 @@ def stop_node(node: Node, grace_s: float = 5) -> None:
 
 
 def stop_cluster(cluster: LoopbackCluster) -> None:
-    """Stop every node we started (by PID), then the head."""
-    for node in cluster.nodes:
-        stop_node(node)
-    stop_local_head(cluster.head)
+    """Stop every node we started (by PID) and the head, together, then remove their temp dirs."""
+    stop_ray_starts([node.process for node in cluster.nodes] + [cluster.head.process], grace_s=20)
+    for folder in [node.temp_dir for node in cluster.nodes] + [cluster.head.temp_dir]:
+        shutil.rmtree(folder, ignore_errors=True)

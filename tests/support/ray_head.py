@@ -132,16 +132,26 @@ def stop_local_head(head: LocalHead, grace_s: float = 20) -> None:
 
 
 def stop_ray_start(process: subprocess.Popen, grace_s: float) -> None:
-    """End a `ray start --block` process and every process under it: SIGTERM first, which lets it
-    shut its node down in order (raylet, GCS, dashboard), then SIGKILL whatever is left."""
-    try:
-        started = psutil.Process(process.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        started = []
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
+    """End a `ray start --block` process and every process under it."""
+    stop_ray_starts([process], grace_s)
+
+
+def stop_ray_starts(processes: list[subprocess.Popen], grace_s: float) -> None:
+    """End `ray start --block` processes and every process under them, all at once: SIGTERM first,
+    which lets each shut its node down in order (raylet, GCS, dashboard), then SIGKILL whatever is
+    left. (One at a time, a 3-node cluster took 30 s to stop.)"""
+    started = []
+    for process in processes:
         try:
-            process.wait(timeout=grace_s)
+            started += psutil.Process(process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            pass
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        try:
+            process.wait(timeout=max(deadline - time.monotonic(), 0.1))
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()

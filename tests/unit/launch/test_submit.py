@@ -40,6 +40,12 @@ def test_request_runs_llmft_train_on_the_uploaded_config_with_quoted_overrides()
     assert re.fullmatch(r"llmft-viggo-tiny-cpu-\d{8}-\d{6}-[0-9a-f]{4}", request.submission_id)
 
 
+def test_resume_is_passed_on_to_llmft_train():
+    request = build_job_request("configs/viggo/tiny-cpu.yaml", ["model.name_or_path=/models/tiny"], workdir=REPO,
+                                resume="latest")
+    assert shlex.split(request.entrypoint)[-3:] == ["model.name_or_path=/models/tiny", "--resume", "latest"]
+
+
 def test_absolute_config_inside_the_working_dir_becomes_relative():
     request = build_job_request(str(REPO / "configs/viggo/llama-2-7b.yaml"), workdir=REPO)
     assert shlex.split(request.entrypoint)[2] == "configs/viggo/llama-2-7b.yaml"
