@@ -29,8 +29,11 @@ def test_json_report_for_the_viggo_sample(tmp_path, tiny_tokenizer, capsys):
     runs = report["examples"][0]["runs"]
     assert [r["trained"] for r in runs] == [False, True]
     assert runs[1]["text"].strip().endswith("<END_MR>")
-    for split in ("train", "valid"):
-        assert list(Path(report["splits"][split]["cache"]).glob("part-*.parquet"))
+    import pyarrow.parquet as pq
+
+    for split in ("train", "valid"):  # each split's own cache, holding exactly that split's examples
+        shards = list(Path(report["splits"][split]["cache"]).glob("part-*.parquet"))
+        assert sum(pq.read_metadata(shard).num_rows for shard in shards) == report["splits"][split]["examples"] > 0
 
 
 def test_human_report_marks_trained_text(tmp_path, tiny_tokenizer, capsys):
