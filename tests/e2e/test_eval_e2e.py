@@ -58,9 +58,10 @@ def tiny_runs(ray_session, tiny_model_dir, tmp_path_factory):
 
 def test_tiny_model_same_answers_on_replicas_and_zero3(tiny_runs):
     (replicas, replicas_file), (zero3, zero3_file) = tiny_runs["replicas"], tiny_runs["zero3"]
+    # (Order and the stop marker: test_each_answer_is_its_own_prompts_and_ends_at_the_stop_marker.
+    # The file's own index and a marker-free answer would hold whatever the engines did: eval
+    # numbers the lines itself and generation always cuts at the marker.)
     assert answers(zero3_file) == answers(replicas_file)
-    assert [p["index"] for p in predictions(zero3_file)] == list(range(7))
-    assert all("<END_MR>" not in text for text, _ in answers(replicas_file))  # cut at the stop marker
     for results, engine in ((replicas, "replicas"), (zero3, "zero3")):
         assert results["engine"] == engine and results["generation"]["workers"] == 2
         assert results["num_examples"] == 7 and results["few_shot"] == 2 and "exact_match" in results["metrics"]
