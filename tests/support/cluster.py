@@ -157,6 +157,6 @@ def stop_node(node: Node, grace_s: float = 5) -> None:
 
 def stop_cluster(cluster: LoopbackCluster) -> None:
     """Stop every node we started (by PID) and the head, together, then remove their temp dirs."""
-    stop_ray_starts([node.process for node in cluster.nodes] + [cluster.head.process], grace_s=20)
+    stop_ray_starts([node.process for node in cluster.nodes] + [cluster.head.process], grace_s=5)
     for folder in [node.temp_dir for node in cluster.nodes] + [cluster.head.temp_dir]:
         shutil.rmtree(folder, ignore_errors=True)
