@@ -6,8 +6,8 @@ Runs each `scripts/bench/<name>.py` in turn, in its own process (so one benchmar
 threads never leak into the next), with the same --samples. Each refuses an uncommitted tree
 unless --allow-dirty (then its result is marked DIRTY). The TRL comparison needs the `bench`
 extra (`pip install -e '.[bench]'`). A benchmark that fails is reported and the others still run;
-the exit code is non-zero if any failed. Run it when nothing else uses the cores: other work slows every arm.
-
+the exit code is non-zero if any failed. Run it when nothing else uses the cores: other work
+slows every arm.
 """
 
 from __future__ import annotations
