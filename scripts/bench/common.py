@@ -63,14 +63,19 @@ def arguments(description: str, samples: int = MIN_SAMPLES) -> argparse.Argument
 
 def check_tree(args: argparse.Namespace) -> dict[str, Any]:
     """The commit the benchmark runs; refuses an uncommitted tree unless --allow-dirty."""
-    commit = _git("rev-parse", "HEAD")
-    dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks"))
-    if dirty and not args.allow_dirty:
+    tree = tree_state(args.samples)
+    if tree["git_dirty"] and not args.allow_dirty:
         sys.exit("Refusing to benchmark: the tree has uncommitted changes (git status). Commit them, or pass "
                  "--allow-dirty to get a result marked DIRTY.")
     if args.samples < MIN_SAMPLES and not args.allow_dirty:
         sys.exit(f"--samples {args.samples}: a result needs at least {MIN_SAMPLES} samples per arm.")
-    return {"git_commit": commit, "git_dirty": dirty, "samples_per_arm": args.samples,
+    return tree
+
+
+def tree_state(samples: int) -> dict[str, Any]:
+    """The commit, whether it has uncommitted changes (results in benchmarks/ aside), and the load now."""
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks"))
+    return {"git_commit": _git("rev-parse", "HEAD"), "git_dirty": dirty, "samples_per_arm": samples,
             "load_average_before": list(os.getloadavg()), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 

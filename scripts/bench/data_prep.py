@@ -42,8 +42,7 @@ def main() -> None:
     parser.add_argument("--tokenizer", choices=["smollm2", "small"], default="smollm2")
     parser.add_argument("--dirty", action="store_true", help="measure a tree with uncommitted changes (not saved)")
     args = parser.parse_args()
-    refuse_dirty_tree(args.dirty)
-    started_load = common.machine_info()["load_average"]
+    tree = refuse_dirty_tree(args.dirty, args.repeats)
 
     from llmft.data.tokenize import _usable_cpus
     from llmft.models.tokenizer import load_task_tokenizer
@@ -104,17 +103,20 @@ def main() -> None:
                            "hit: import llmft.data.tokenize + tokenize_split in a new process; tokenizer load excluded"},
         "cold_seconds": cold, "cold_pool": pool, "cold_one_process": one, "cold_examples_per_second": cold_rate,
         "cache_hit_seconds": hit, "cache_hit_parts_median_seconds": breakdown, "summary": summary,
-        "load_average_at_end": list(os.getloadavg())}, started_load=started_load)
+        "load_average_at_end": list(os.getloadavg())}, tree=tree)
     print(f"\nsaved {path}")
 
 
 # ----------------------------------------------------------------------------- shared with data_scale.py
 
 
-def refuse_dirty_tree(dirty_ok: bool) -> None:
-    if common.machine_info()["git_dirty"] and not dirty_ok:
+def refuse_dirty_tree(dirty_ok: bool, repeats: int) -> dict:
+    """The tree's state for the result (see common.tree_state); exits on uncommitted changes unless told."""
+    tree = common.tree_state(repeats)
+    if tree["git_dirty"] and not dirty_ok:
         sys.exit("The tree has uncommitted changes: commit first (results come from a committed tree), "
                  "or pass --dirty to measure without saving.")
+    return tree
 
 
 def samples(values: list[float]) -> dict[str, float]:

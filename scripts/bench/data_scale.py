@@ -59,9 +59,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dirty", action="store_true", help="measure a tree with uncommitted changes (not saved)")
     args = parser.parse_args()
-    data_prep.refuse_dirty_tree(args.dirty)
+    tree = data_prep.refuse_dirty_tree(args.dirty, args.repeats)
     sizes = [int(s) for s in args.sizes.split(",")]
-    started_load = common.machine_info()["load_average"]
 
     from llmft.data.tokenize import _usable_cpus
     from llmft.models.tokenizer import load_task_tokenizer
@@ -99,7 +98,7 @@ def main() -> None:
                   "examples": "llmft's 3,000 sample ViGGO train rows, replicated",
                   "timed": "see the docstring of scripts/bench/data_scale.py"},
         "results": {str(k): v for k, v in results.items()}, "table": rows, "summary": summary,
-        "load_average_at_end": list(os.getloadavg())}, started_load=started_load)
+        "load_average_at_end": list(os.getloadavg())}, tree=tree)
     print(f"\nsaved {path}")
 
 
@@ -187,7 +186,7 @@ def earlier_sizes_of_this_commit() -> dict[int, dict]:
     if not path.is_file():
         return {}
     earlier = json.loads(path.read_text())
-    if earlier.get("machine", {}).get("git_commit") != common.machine_info()["git_commit"]:
+    if earlier.get("tree", {}).get("git_commit") != common.tree_state(0)["git_commit"]:
         return {}
     return {int(size): result for size, result in earlier.get("results", {}).items()}
 
