@@ -42,7 +42,19 @@ def mark(timeline: dict[str, float], name: str, memory: dict[str, float] | None 
     """Record the time of `name`; with `memory`, also this process's resident anonymous memory (GiB)."""
     timeline[name] = time.time()
     if memory is not None:
+        release_freed_heap()
         memory[name] = resident_gib()["RssAnon"]
+
+
+def release_freed_heap() -> None:
+    """glibc keeps freed heap pages (a step's activations, a loader's buffers) resident; give them
+    back so that RssAnon counts memory in use. No-op where there is no glibc."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def resident_gib() -> dict[str, float]:
