@@ -83,7 +83,7 @@ def main() -> None:
             results[size]["load_average"] = {"start": load_before, "end": list(os.getloadavg())}
             gc.collect()
 
-    results = earlier_sizes_of_this_commit() | results
+    results = earlier_sizes_of_this_commit(tree["git_commit"]) | results
     results = dict(sorted(results.items()))
     rows, summary = table_rows(results, cpus)
     print()
@@ -180,13 +180,13 @@ def _run_actors(ref, world_size: int) -> list[dict]:
             ray.kill(actor)
 
 
-def earlier_sizes_of_this_commit() -> dict[int, dict]:
+def earlier_sizes_of_this_commit(commit: str) -> dict[int, dict]:
     """Sizes measured by an earlier run at the same commit, so that sizes can be run separately."""
     path = common.BENCH_DIR / "data_scale.json"
     if not path.is_file():
         return {}
     earlier = json.loads(path.read_text())
-    if earlier.get("tree", {}).get("git_commit") != common.tree_state(0)["git_commit"]:
+    if earlier.get("tree", {}).get("git_commit") != commit:
         return {}
     return {int(size): result for size, result in earlier.get("results", {}).items()}
 
