@@ -4,6 +4,7 @@ covers; how the loop collates packed batches for every architecture family."""
 from __future__ import annotations
 
 import functools
+import importlib
 from collections import Counter
 
 import pytest
@@ -106,3 +107,16 @@ def test_packed_batches_give_each_families_own_loss(target):
             alone += float(F.cross_entropy(logits, labels[1:], ignore_index=-100, reduction="sum"))
     assert stats.trained_tokens == sum(data.num_trained)
     assert float(packed) == pytest.approx(alone, rel=1e-5)
+
+
+def test_one_rank_does_not_build_the_shared_memory_comm_op(monkeypatch):
+    import deepspeed.ops
+
+    comm = importlib.import_module("deepspeed.comm.torch")  # `deepspeed.comm.torch` the attribute is torch
+
+    # Put DeepSpeed's record back afterwards, whatever the function did to it.
+    monkeypatch.setitem(deepspeed.ops.__compatible_ops__, "deepspeed_shm_comm",
+                        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"])
+    loop.skip_shared_memory_comm()
+    # What DeepSpeed's comm layer calls when it starts: None means no build and no load.
+    assert comm.build_shm_op() is None
