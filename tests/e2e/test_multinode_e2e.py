@@ -56,9 +56,12 @@ def private_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def cluster(s3_server, private_dir):  # noqa: F811
-    # Ray Train waits this long for a worker group it cannot place (default 60 s): after a node
-    # loss, until Ray counts the node dead, it first tries the old size.
-    env = {**TEST_CREDENTIALS, "PYTHONPATH": str(REPO), "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "20"}
+    # After a node loss, Ray Train keeps trying the old size until its view of the cluster (Ray's
+    # autoscaling coordinator, refreshed every 20 s) no longer holds the dead node, each try
+    # waiting this long for the worker group (default 60 s). A group that fits places at once.
+    # The GCS counts a node dead after 5 missed health checks, one a second here (default every 3 s).
+    env = {**TEST_CREDENTIALS, "PYTHONPATH": str(REPO), "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "5",
+           "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "5"}
     started = start_cluster(nodes=2, cpus_per_node=1, env=env)
     try:
         add_node(started, num_cpus=0, private_dir=private_dir)
