@@ -6,7 +6,10 @@ For each size N: N short synthetic examples (llmft's 3,000 sample ViGGO train ro
 about 53 tokens each with SmolLM2's tokenizer) in a JSONL file, and
 
 - cold tokenisation: `tokenize_split` on an empty cache with the pool over all CPUs; at 1M also
-  with one process, interleaved (goal: the pool >= 1.7x one process on 2 cores);
+  with one process, interleaved (goal: the pool >= 1.7x one process on 2 cores). One process is
+  not one core: the Rust tokenizer runs its batches on threads of its own (the pool switches them
+  off in its workers). So at 1M a third arm runs one process with those threads off as well
+  (TOKENIZERS_PARALLELISM=false): pool / that arm is how many cores' worth of work the pool does;
 - cache hit: import + `tokenize_split` in a new Python process (tokenizer load untimed);
 - per-worker memory for the data: Ray actors on this node get the `TokenizedExamples` by object
   reference as training workers do (the driver puts `TokenizedExamples.from_table(table)`),
@@ -27,6 +30,7 @@ commit are kept. Refuses to save a result from a tree with uncommitted changes (
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -48,6 +52,7 @@ SHARING_GOAL = 1.5          # two workers together / one worker
 STARTUP_GOAL_SECONDS = 3.0
 PLAN_GOAL_SECONDS = 2.0
 POOL_GOAL = 1.7             # cold tokenisation, pool / one process
+ONE_CORE = "one process, tokenizer threads off"
 BYTES_NEEDED_PER_EXAMPLE = 3200  # peak of this script per example, measured at 1M (x1.3 margin)
 MICRO_BATCH = 4
 GLOBAL_BATCH = 64
@@ -107,14 +112,15 @@ def measure_size(size: int, tmp: Path, model: Path, tokenizer, cpus: int, repeat
 
     data_file = tmp / f"rows-{size}.jsonl"
     data_prep.write_replicated_rows(size, data_file)
-    arms = {"pool": cpus} | ({"one process": 1} if size == GOAL_SIZE and cpus > 1 else {})
+    arms = {"pool": cpus} | ({"one process": 1, ONE_CORE: 1} if size == GOAL_SIZE and cpus > 1 else {})
     cold: dict[str, list[float]] = {arm: [] for arm in arms}
     cache = tmp / f"cache-{size}"
     for repeat in range(repeats):
         for arm, processes in arms.items():
             table = None
             gc.collect()
-            seconds, table = data_prep.cold_tokenize(model, data_file, cache, tokenizer, processes)
+            with tokenizer_threads(arm != ONE_CORE):
+                seconds, table = data_prep.cold_tokenize(model, data_file, cache, tokenizer, processes)
             cold[arm].append(seconds)
             print(f"  cold tokenisation, {arm} ({processes}): {seconds:.1f} s ({size / seconds:,.0f}/s)", flush=True)
     hits = []
@@ -258,6 +264,20 @@ def _store_resident_bytes() -> int:
     return total
 
 
+@contextlib.contextmanager
+def tokenizer_threads(on: bool):
+    """The Rust tokenizer reads TOKENIZERS_PARALLELISM at each batch call."""
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if on else "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM")
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = before
+
+
 def table_rows(results: dict, cpus: int) -> tuple[list[list[str]], list[dict]]:
     rows, summary = [], []
     for size, r in results.items():
@@ -289,6 +309,11 @@ def table_rows(results: dict, cpus: int) -> tuple[list[list[str]], list[dict]]:
         if one:
             summary.append(common.summary_row(f"cold tokenisation, pool of {cpus} / 1 process, 1M examples",
                                               f"{one / pool:.2f}x", f">= {POOL_GOAL}x", one / pool >= POOL_GOAL))
+        one_core = r["cold_seconds"].get(ONE_CORE, {}).get("median")
+        if one_core:
+            summary.append(common.summary_row(
+                f"cold tokenisation, pool of {cpus} / 1 process with the tokenizer's threads off, 1M examples",
+                f"{one_core / pool:.2f}x"))
     return rows, summary
 
 
