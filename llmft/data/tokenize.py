@@ -25,6 +25,7 @@ the data, adding a token or changing the formatting code rebuilds it; nothing el
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -34,7 +35,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -372,13 +373,9 @@ def _map_pieces(tokenize: Callable, pieces: list, processes: int, tokenizer) -> 
     # each (setting the variable before the fork also keeps `tokenizers` from warning about it).
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    saved = os.environ.get("TOKENIZERS_PARALLELISM")
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    try:
+    with tokenizer_threads(False):
         pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_start_worker, initargs=(tokenizer,))
         results = pool.map(tokenize, pieces)  # starts the workers
-    finally:
-        _restore_env("TOKENIZERS_PARALLELISM", saved)
     with pool:
         yield from results
 
@@ -391,11 +388,19 @@ def _start_worker(tokenizer) -> None:
     _worker_tokenizer = tokenizer
 
 
-def _restore_env(name: str, value: str | None) -> None:
-    if value is None:
-        os.environ.pop(name, None)
-    else:
-        os.environ[name] = value
+@contextlib.contextmanager
+def tokenizer_threads(on: bool) -> Iterator[None]:
+    """Switch the Rust tokenizer's own threads on or off for the block (it reads
+    TOKENIZERS_PARALLELISM at each batch call, and a forked process inherits it)."""
+    saved = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if on else "false"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = saved
 
 
 def _tokenize_piece(piece: RowRange | SourceRows, *, cfg, split: str, tokenizer=None) -> PieceResult:

@@ -30,7 +30,6 @@ commit are kept. Refuses to save a result from a tree with uncommitted changes (
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import os
@@ -109,6 +108,7 @@ def main() -> None:
 
 def measure_size(size: int, tmp: Path, model: Path, tokenizer, cpus: int, repeats: int) -> dict:
     from llmft.data.batching import TokenizedExamples
+    from llmft.data.tokenize import tokenizer_threads
 
     data_file = tmp / f"rows-{size}.jsonl"
     data_prep.write_replicated_rows(size, data_file)
@@ -262,20 +262,6 @@ def _store_resident_bytes() -> int:
             elif in_store and fields[0] == "Rss:":
                 total += int(fields[1]) * 1024
     return total
-
-
-@contextlib.contextmanager
-def tokenizer_threads(on: bool):
-    """The Rust tokenizer reads TOKENIZERS_PARALLELISM at each batch call."""
-    before = os.environ.get("TOKENIZERS_PARALLELISM")
-    os.environ["TOKENIZERS_PARALLELISM"] = "true" if on else "false"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("TOKENIZERS_PARALLELISM")
-        else:
-            os.environ["TOKENIZERS_PARALLELISM"] = before
 
 
 def table_rows(results: dict, cpus: int) -> tuple[list[list[str]], list[dict]]:

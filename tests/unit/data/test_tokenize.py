@@ -20,6 +20,7 @@ from llmft.data.tokenize import (
     table_stats,
     tokenize_split,
     tokenizer_fingerprint,
+    tokenizer_threads,
 )
 from llmft.errors import LlmftError
 from llmft.tasks import TASKS, get_task
@@ -334,3 +335,17 @@ def test_the_tokenizer_fingerprint_ignores_call_time_padding_and_truncation():
     assert tokenizer_fingerprint(tokenizer) == before
     tokenizer.add_tokens(["<NEW>"], special_tokens=True)
     assert tokenizer_fingerprint(tokenizer) != before
+
+
+@pytest.mark.parametrize("before", [None, "false", "true"])
+def test_tokenizer_threads_are_switched_for_the_block_and_put_back(before, monkeypatch):
+    import os
+
+    if before is None:
+        monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    else:
+        monkeypatch.setenv("TOKENIZERS_PARALLELISM", before)
+    for on in (False, True):
+        with tokenizer_threads(on):
+            assert os.environ["TOKENIZERS_PARALLELISM"] == ("true" if on else "false")
+        assert os.environ.get("TOKENIZERS_PARALLELISM") == before
