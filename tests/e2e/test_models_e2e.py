@@ -1,6 +1,6 @@
 """End-to-end tests of llmft.models with real DeepSpeed ZeRO-3 and a real GGUF file.
 
-- ZeRO-3 load (about 10 s, once DeepSpeed's shm comm op is compiled): catches a model that is
+- ZeRO-3 load (about 10 s): catches a model that is
   loaded whole instead of partitioned, new-token rows that are not at the mean or not trained,
   and a partitioned model whose loss differs from the plain model's.
 - GGUF import (about a minute): catches a conversion that changes the model's outputs, loses the

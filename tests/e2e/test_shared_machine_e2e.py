@@ -188,7 +188,7 @@ def test_two_trainings_started_together_both_finish_in_their_own_folders(shared_
             tracebacks(command.output()) or command.output()[-5000:]
         # Ray Train's PlacementGroupCleaner reached its own cluster's state API every time.
         assert "Failed to query Ray Train Controller actor state" not in command.output()
-        # One worker has no collective to speed up: DeepSpeed's shm comm op is neither built nor loaded.
+        # Training never uses DeepSpeed's shm comm op: it is neither built nor loaded.
         assert "deepspeed_shm_comm" not in command.output()
     folders = sorted(p for p in shared_run.runs_dir.iterdir() if p.is_dir())
     assert len(folders) == 2, folders

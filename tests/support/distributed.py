@@ -18,11 +18,14 @@ def _rank_variables():
     import deepspeed
     import torch.distributed as dist
 
+    from llmft.train.loop import skip_shared_memory_comm
+
     variables = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(closed_port()),
                  "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_SIZE": "1"}
     with pytest.MonkeyPatch.context() as patch:
         for key, value in variables.items():
             patch.setenv(key, value)
+        skip_shared_memory_comm()  # as llmft's workers do
         deepspeed.init_distributed(dist_backend="gloo")
     yield variables
     if dist.is_initialized():

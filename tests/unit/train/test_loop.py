@@ -109,7 +109,7 @@ def test_packed_batches_give_each_families_own_loss(target):
     assert float(packed) == pytest.approx(alone, rel=1e-5)
 
 
-def test_one_rank_does_not_build_the_shared_memory_comm_op(monkeypatch):
+def test_workers_do_not_build_the_shared_memory_comm_op(monkeypatch):
     import deepspeed.ops
 
     comm = importlib.import_module("deepspeed.comm.torch")  # `deepspeed.comm.torch` the attribute is torch
