@@ -67,6 +67,7 @@ def main() -> None:
             print(f"first cache hit in a new process: {hits[-1]['seconds']:.3f} s", flush=True)
         tokens = int(sum(table.column("length").to_numpy()))
         shards = sorted(cache.glob("tokenized/*/part-*.parquet"))
+        parquet_mb = sum(p.stat().st_size for p in shards) / 1e6  # before the caches are removed below
         jsonl_mb = data_file.stat().st_size / 1e6
         for repeat in range(args.repeats):
             for arm in arms:
@@ -97,7 +98,7 @@ def main() -> None:
         return
     path = common.write_result("data_prep", {
         "setup": {"rows": args.rows, "rows_kept": table.num_rows, "tokens": tokens, "jsonl_mb": round(jsonl_mb, 2),
-                  "parquet_shards": len(shards), "parquet_mb": round(sum(p.stat().st_size for p in shards) / 1e6, 2),
+                  "parquet_shards": len(shards), "parquet_mb": round(parquet_mb, 2),
                   "tokenizer": args.tokenizer, "max_length": 512, "repeats": args.repeats,
                   "timed": "cold: tokenize_split(cfg, tokenizer, 'train') on an empty cache, arms interleaved; "
                            "hit: import llmft.data.tokenize + tokenize_split in a new process; tokenizer load excluded"},

@@ -2,21 +2,23 @@
 wall time from command to trained model, and peak memory.
 
     pip install -e '.[bench]'      # TRL, only for this benchmark
-    python scripts/bench/trl_vs_llmft.py [--samples 3] [--steps 20] [--llmft-stage 2]
+    python scripts/bench/trl_vs_llmft.py [--samples 3] [--steps 20] [--llmft-workers 1] [--llmft-stage 0]
 
 Both sides, as their users would run them on this machine's 2 cores:
 - the same model (SmolLM2-135M-Instruct, fp32), the same prompt/completion data (llmft's ViGGO
   sample rows written as `{"prompt","completion"}` JSONL; EOS after each completion on both
   sides), loss on completion tokens only;
-- the same max length (256), global batch (4 packed sequences), learning rate (4e-4, linear
-  decay after 3 warm-up steps), AdamW (betas 0.9/0.999, eps 1e-8, no weight decay), gradient
-  clipping at 1.0, seed, optimizer steps and 2 threads in all;
+- the same max length (256), global batch (4 packed sequences, in micro-batches of 2 with 2
+  accumulation steps), learning rate (4e-4, linear decay after 3 warm-up steps), AdamW (betas
+  0.9/0.999, eps 1e-8, no weight decay), gradient clipping at 1.0, seed, optimizer steps and 2
+  threads in all;
 - packing in each one's best non-contaminating mode: TRL's best-fit-decreasing packing, which
   turns on its padding-free batches (examples concatenated, positions restarting per example, no
   attention mask); llmft's default packing (best-fit decreasing, block-diagonal mask).
 TRL runs as a user runs it on one machine: one Python process with 2 torch threads
-(`SFTTrainer(...).train()`, then `save_model`). llmft runs `llmft train` with 2 Ray workers x 1
-thread (ZeRO stage `--llmft-stage`), then exports the model, as the command does.
+(`SFTTrainer(...).train()`, then `save_model`). llmft runs `llmft train` as its CPU demo config
+does on 2 cores: 1 Ray worker x 2 threads at ZeRO stage 0 (one worker has nothing to shard), then
+exports the model, as the command does; `--llmft-workers 2 --llmft-stage 3` times the sharded path.
 Trained tokens/s: tokens whose next-token loss is trained, over the steps after the first
 (warm-up), from per-step times (llmft's metrics.jsonl; a TRL callback at each step's end).
 Validation loss: both trained models scored by one evaluator in this process (plain transformers
@@ -40,7 +42,7 @@ import common  # noqa: E402
 
 GOAL = 1.3
 LOSS_TOLERANCE = 0.02
-MAX_LENGTH, GLOBAL_BATCH, LR, WARMUP, SEED = 256, 4, 4e-4, 3, 0
+MAX_LENGTH, GLOBAL_BATCH, MICRO_BATCH, LR, WARMUP, SEED = 256, 4, 2, 4e-4, 3, 0
 VALID_EXAMPLES = 100
 DATA_DIR = common.WORK_DIR / "trl-data"
 
@@ -48,7 +50,8 @@ DATA_DIR = common.WORK_DIR / "trl-data"
 def main() -> None:
     parser = common.arguments(__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--llmft-stage", type=int, default=2)
+    parser.add_argument("--llmft-workers", type=int, choices=(1, 2), default=1)
+    parser.add_argument("--llmft-stage", type=int, default=0)
     args = parser.parse_args()
     tree = common.check_tree(args)
     model = common.smollm2()
@@ -58,10 +61,11 @@ def main() -> None:
         run = common.train_with_llmft(common.SMOLLM2_CONFIG, [
             f"model.name_or_path={model}", "data.task=prompt_completion", f"data.train={train_file}",
             "data.valid=null", "data.test=null", f"data.max_length={MAX_LENGTH}", "data.packing=true",
-            "training.micro_batch_size=2", f"training.global_batch_size={GLOBAL_BATCH}", f"training.learning_rate={LR}",
+            f"training.micro_batch_size={MICRO_BATCH}", f"training.global_batch_size={GLOBAL_BATCH}", f"training.learning_rate={LR}",
             "training.lr_schedule=linear", f"training.warmup_steps={WARMUP}", "training.weight_decay=0.0",
             "training.max_grad_norm=1.0", f"training.seed={SEED}", f"training.max_steps={args.steps}",
-            f"deepspeed.zero_stage={args.llmft_stage}", "scaling.num_workers=2", "scaling.cpus_per_worker=1"],
+            f"deepspeed.zero_stage={args.llmft_stage}", f"scaling.num_workers={args.llmft_workers}",
+            f"scaling.cpus_per_worker={2 // args.llmft_workers}"],
             label="trl-llmft", export=True)
         figures = common.step_figures(run.train_records)
         model_dir = Path(run.log_path).with_suffix("") / "model"
@@ -101,7 +105,8 @@ def main() -> None:
                          common.fmt_spread(f["peak_rss_gib_per_process"]), common.fmt_spread(f["peak_rss_gib_total"])]
                         for name, f in figures.items()])
     setting = (f"SmolLM2-135M, ViGGO prompt/completion, {args.steps} steps of {GLOBAL_BATCH} packed "
-               f"{MAX_LENGTH}-token sequences, fp32, 2 threads; llmft 2 workers ZeRO-{args.llmft_stage}, TRL 1 process")
+               f"{MAX_LENGTH}-token sequences, fp32, 2 threads; llmft {args.llmft_workers} worker(s) ZeRO-{args.llmft_stage}, "
+               "TRL 1 process")
     summary = [
         common.summary_row(f"llmft / TRL SFTTrainer, trained tokens/s ({setting}; "
                            f"{common.fmt_spread(llmft['trained_tokens_per_second'], '{:.0f}')} vs "
@@ -113,7 +118,7 @@ def main() -> None:
         common.summary_row("wall time, command to trained model on disk: TRL / llmft",
                            f"{wall:.2f}x ({common.fmt_spread(trl['wall_seconds'], '{:.0f}', ' s')} vs "
                            f"{common.fmt_spread(llmft['wall_seconds'], '{:.0f}', ' s')})"),
-        common.summary_row("peak RSS: llmft per worker (sum of its 2 workers) vs TRL's process",
+        common.summary_row(f"peak RSS: llmft per worker (sum of its {args.llmft_workers} worker(s)) vs TRL's process",
                            f"{common.fmt_spread(llmft['peak_rss_gib_per_process'], '{:.2f}', ' GiB')} "
                            f"({llmft['peak_rss_gib_total']['median']:.2f} GiB) vs "
                            f"{common.fmt_spread(trl['peak_rss_gib_per_process'], '{:.2f}', ' GiB')}"),
@@ -121,7 +126,8 @@ def main() -> None:
     path = common.write_result("trl_vs_llmft", {
         "setup": {"model": str(model), "train": str(train_file), "valid": str(valid_file), "steps": args.steps,
                   "warmup_steps_excluded": 1, "max_length": MAX_LENGTH, "global_batch": GLOBAL_BATCH,
-                  "learning_rate": LR, "schedule": f"linear, {WARMUP} warm-up steps", "llmft_zero_stage": args.llmft_stage,
+                  "micro_batch": MICRO_BATCH, "learning_rate": LR, "schedule": f"linear, {WARMUP} warm-up steps",
+                  "llmft_workers": args.llmft_workers, "llmft_zero_stage": args.llmft_stage,
                   "trl": "SFTConfig(packing=True, packing_strategy='bfd' -> padding-free), 1 process, 2 threads",
                   "valid_examples": VALID_EXAMPLES},
         "arms": figures, "samples": samples, "speedup": speed, "summary": summary}, tree=tree)
@@ -176,7 +182,8 @@ def trl_run(out: str, model: str, train_file: str, steps: str) -> None:
     out_dir = Path(out)
     config = SFTConfig(
         output_dir=str(out_dir / "trainer"), max_length=MAX_LENGTH, packing=True, packing_strategy="bfd",
-        completion_only_loss=True, per_device_train_batch_size=GLOBAL_BATCH, gradient_accumulation_steps=1,
+        completion_only_loss=True, per_device_train_batch_size=MICRO_BATCH,
+        gradient_accumulation_steps=GLOBAL_BATCH // MICRO_BATCH,
         learning_rate=LR, lr_scheduler_type="linear", warmup_steps=WARMUP, weight_decay=0.0, adam_beta1=0.9,
         adam_beta2=0.999, adam_epsilon=1e-8, max_grad_norm=1.0, max_steps=int(steps), seed=SEED, use_cpu=True,
         bf16=False, fp16=False, save_strategy="no", report_to="none", logging_steps=10**6,
@@ -188,10 +195,11 @@ def trl_run(out: str, model: str, train_file: str, steps: str) -> None:
         loss_sum = 0.0
 
         def training_step(self, model, inputs, num_items_in_batch=None):
-            tokens = int((inputs["labels"][..., 1:] != -100).sum())
-            self.trained += tokens
+            self.trained += int((inputs["labels"][..., 1:] != -100).sum())
             loss = super().training_step(model, inputs, num_items_in_batch)
-            self.loss_sum += float(loss) * tokens
+            # Trainer returns each micro-batch's loss already scaled for gradient accumulation
+            # (over the whole step's trained tokens), so the step's loss is their sum.
+            self.loss_sum += float(loss)
             return loss
 
     class StepTimes(TrainerCallback):
@@ -205,7 +213,7 @@ def trl_run(out: str, model: str, train_file: str, steps: str) -> None:
             now = time.perf_counter()
             tokens = trainer.trained - self.counted
             records.append({"step": state.global_step, "step_time": now - self.last, "trained_tokens": tokens,
-                            "train_loss": trainer.loss_sum / max(tokens, 1)})
+                            "train_loss": trainer.loss_sum})
             trainer.loss_sum, self.counted, self.last = 0.0, trainer.trained, now
 
     dataset = load_dataset("json", data_files=train_file, split="train")
