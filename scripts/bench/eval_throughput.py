@@ -3,7 +3,7 @@
     python scripts/bench/eval_throughput.py [--samples 3] [--examples 32] [--model PATH]
 
 Runs `llmft eval configs/viggo/smollm2-cpu.yaml --limit N` as a user does (embedded Ray, Ray Data
-`map_batches` over one model replica per worker, the config's 2 workers x 1 CPU), once with its
+`map_batches` over one model replica per worker, the config's 1 worker x 2 CPUs), once with its
 default `--batch-size 16` and once with `--batch-size 1`, interleaved. The figure is examples per
 second as `llmft eval` reports it in its results (`generation.examples_per_second`: from the
 start of generation on Ray, model replicas' start-up included, to the last answer); the whole
@@ -55,6 +55,7 @@ def main() -> None:
         predictions = [json.loads(line)["prediction"]
                        for line in out.with_suffix(".predictions.jsonl").read_text().splitlines()]
         return {"examples_per_second": results["generation"]["examples_per_second"],
+                "replicas": results["generation"]["workers"],
                 "generation_seconds": results["generation"]["seconds"], "wall_seconds": wall,
                 "predictions": predictions, "results": str(out)}
 
@@ -74,7 +75,8 @@ def main() -> None:
                         for name, f in figures.items()])
     summary = [
         common.summary_row(f"`llmft eval` batched ({args.batch_size}) / one at a time, examples/s (SmolLM2-135M, "
-                           f"{few_shot}-shot, {args.examples} ViGGO test prompts, 2 Ray Data replicas)",
+                           f"{few_shot}-shot, {args.examples} ViGGO test prompts, "
+                           f"{batched[0]['replicas']} Ray Data replica(s))",
                            f"{speedup:.1f}x (whole command: {wall:.1f}x)", f">= {GOAL:.0f}x", speedup >= GOAL),
         common.summary_row("batched answers identical to one-at-a-time answers", f"{same:.0%}"),
     ]

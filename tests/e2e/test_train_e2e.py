@@ -88,6 +88,11 @@ def test_batch_split_and_zero_stage_do_not_change_the_training(ray_session, tiny
         assert weights.keys() == base_weights.keys()
         for key in base_weights:
             torch.testing.assert_close(weights[key], base_weights[key], rtol=1e-3, atol=1e-4, msg=f"{name}: {key}")
+    # The embedded cluster (one machine, gone with the command) starts no PreemptionWatcher actor.
+    from ray.util.state import list_actors
+
+    started = {actor.class_name for actor in list_actors(limit=10_000)}
+    assert "TrainController" in started and "PreemptionWatcher" not in started, started
 
 
 def test_plain_sgd_moves_the_weights_the_same_for_any_batch_split(ray_session, tiny_model_dir, tmp_path):
