@@ -64,6 +64,12 @@ RUNTIME_RESERVE_GB = 2.5
 DEFAULT_GPUS_PER_NODE = 8
 
 
+def chunked_loss_bytes(arch: dict[str, Any], bytes_per_value: int) -> int:
+    """What the chunked loss holds at once: one chunk's fp32 logits and softmax, and the output
+    projection's gradient (fp32 while it is summed over the chunks, then in the training dtype)."""
+    return 2 * 4 * CHUNK_LOGITS + arch["vocab_size"] * arch["hidden_size"] * (4 + bytes_per_value)
+
+
 def activation_bytes(arch: dict[str, Any], micro_batch: int, seq_len: int, checkpointing: bool,
                      attn_implementation: str = "sdpa", bytes_per_value: int = 2) -> int:
     """Activation memory of one micro batch (see the module docstring for the formula)."""
@@ -73,8 +79,7 @@ def activation_bytes(arch: dict[str, Any], micro_batch: int, seq_len: int, check
     if attn_implementation == "eager":
         per_layer += 6 * arch["num_heads"] * s * s * b
     head = 8 * s * b * h
-    # The chunked loss: one chunk's fp32 logits and softmax, the output projection's gradient.
-    loss = 2 * 4 * CHUNK_LOGITS + arch["vocab_size"] * h * (4 + bytes_per_value)
+    loss = chunked_loss_bytes(arch, bytes_per_value)
     if checkpointing:
         layers = arch["num_layers"] * 2 * s * b * h + per_layer
     else:
@@ -250,7 +255,8 @@ def estimate(model_config: dict[str, Any], cfg: Config, gpu_memory_gb: float,
         "zero_buckets": zero,
         "per_gpu": [{**item, "gb": item["bytes"] / GB} for item in items],
         "activations_gb": {"with_checkpointing": act_with / GB, "without_checkpointing": act_without / GB,
-                           "counted": "with_checkpointing" if cfg.model.gradient_checkpointing else "without_checkpointing"},
+                           "counted": "with_checkpointing" if cfg.model.gradient_checkpointing else "without_checkpointing",
+                           "of_which_loss": chunked_loss_bytes(arch, act_args["bytes_per_value"]) / GB},
         "runtime_reserve_gb": RUNTIME_RESERVE_GB,
         "gpu_model_states_gb": model_states_gpu / GB,
         "gpu_total_gb": total / GB,

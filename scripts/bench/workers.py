@@ -98,6 +98,12 @@ def main() -> None:
             f"{estimate:.2f} vs {measured_states:.2f} GiB ({error:+.0%}); runtime after imports "
             f"{by_phase.get('after_imports', 0):.2f} GiB, first-step peak {by_phase.get('first_step_peak', 0):.2f} GiB",
             f"within {PLAN_TOLERANCE:.0%}", abs(error) <= PLAN_TOLERANCE))
+        split = peak_breakdown(by_phase, measured_states, arm["plan"])
+        arm["peak_breakdown_gib"] = split
+        summary.append(common.summary_row(
+            f"rank 0's first-step peak split, {name} (GiB; runtime and model states measured, activations "
+            "and DeepSpeed buffers from `llmft plan`, the rest is what neither accounts for)",
+            ", ".join(f"{key} {value:.2f}" for key, value in split.items())))
     print()
     common.print_table(["arm", "plan states GiB", "measured states GiB", "plan error", "runtime GiB",
                         "first-step peak GiB", "peak RSS GiB (outside)"], table)
@@ -125,6 +131,27 @@ def plan(overrides: list[str]) -> dict:
     return {"model_states_gib": sum(item["gb"] for item in states),
             "items_gib": {item["name"]: item["gb"] for item in report["per_gpu"]},
             "activations_gib": report["activations_gb"], "units": report["units"]}
+
+
+def peak_breakdown(by_phase: dict[str, float], model_states: float, planned: dict) -> dict[str, float]:
+    """Rank 0's first-step peak (VmHWM) split into what was measured and what the planner expects.
+
+    Measured: the runtime (anonymous memory after imports: Python, torch, transformers, DeepSpeed
+    and the Ray worker) and the model states (growth over model load, DeepSpeed initialise and
+    the first step). The first step's transient memory on top is split by `llmft plan`'s terms:
+    activations without the loss, the chunked loss (its logits chunk and the projection's
+    gradient), DeepSpeed's buffers (ZeRO-3 working set and communication buckets). The rest is
+    what neither accounts for: mapped library files (VmHWM counts them), optimizer temporaries
+    (torch AdamW's step makes full-size temporaries of each partition) and allocator slack."""
+    peak, runtime = by_phase.get("first_step_peak", 0.0), by_phase.get("after_imports", 0.0)
+    activations = planned["activations_gib"][planned["activations_gib"]["counted"]]
+    loss = planned["activations_gib"]["of_which_loss"]
+    buffers = sum(v for k, v in planned["items_gib"].items() if k in ("ZeRO-3 working set", "comm. buckets"))
+    split = {"peak": peak, "runtime": runtime, "model states": model_states,
+             "activations (plan)": activations - loss, "logits and loss (plan)": loss,
+             "DeepSpeed buffers (plan)": buffers}
+    split["rest"] = peak - sum(v for k, v in split.items() if k != "peak")
+    return {k: round(v, 3) for k, v in split.items()}
 
 
 def median_phases(records: list[dict | None]) -> dict[str, float]:

@@ -155,3 +155,14 @@ def test_plot_loss_curve_refuses_a_run_without_train_loss(tmp_path):
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "valid_loss": 1.0}) + "\n")
     with pytest.raises(ValueError):
         plot_metrics.plot_loss_curve(tmp_path, tmp_path / "loss.png")
+
+
+def test_workers_peak_breakdown_splits_the_whole_peak_and_names_the_rest():
+    sys.path.insert(0, str(REPO / "scripts" / "bench"))  # workers.py imports `common` by name
+    workers = _load("bench_workers", REPO / "scripts" / "bench" / "workers.py")
+    plan = {"activations_gib": {"with_checkpointing": 0.3, "without_checkpointing": 1.0, "counted": "without_checkpointing",
+                                "of_which_loss": 0.2},
+            "items_gib": {"weights": 0.5, "ZeRO-3 working set": 0.2, "comm. buckets": 0.05}}
+    split = workers.peak_breakdown({"after_imports": 0.25, "first_step_peak": 5.0}, 2.5, plan)
+    assert split == {"peak": 5.0, "runtime": 0.25, "model states": 2.5, "activations (plan)": 0.8,
+                     "logits and loss (plan)": 0.2, "DeepSpeed buffers (plan)": 0.25, "rest": 1.0}
