@@ -82,5 +82,5 @@ def generate_with_zero3(cfg: Config, prompts: list[str], batches: list[list[int]
         trainer = TorchTrainer(
             functools.partial(eval_loop_per_worker, inputs), scaling_config=scaling_config(cfg),
             run_config=RunConfig(name="zero3-eval", storage_path=storage,
-                                 worker_runtime_env={"env_vars": worker_env(None)}))
+                                 worker_runtime_env={"env_vars": worker_env(None, cpu=not cfg.scaling.use_gpu)}))
         return fit(trainer).return_value

@@ -20,6 +20,7 @@ from llmft.errors import LlmftError
 from llmft.eval.prompts import GenerationInputs, generation_inputs
 from llmft.paths import absolute_paths
 from llmft.storage import join
+from llmft.train.allocator import cpu_worker_malloc
 
 
 def run_training(cfg: Config, *, address: str | None = None, resume: str | None = None,
@@ -97,7 +98,7 @@ def run_training(cfg: Config, *, address: str | None = None, resume: str | None 
                 num_to_keep=cfg.output.keep_checkpoints + 1,  # the best K plus the latest
                 checkpoint_score_attribute=cfg.output.checkpoint_metric if scored else None,
                 checkpoint_score_order=cfg.output.checkpoint_mode),
-            worker_runtime_env={"env_vars": worker_env(extra_env)},
+            worker_runtime_env={"env_vars": worker_env(extra_env, cpu=not cfg.scaling.use_gpu)},
             callbacks=callbacks,
         ),
     )
@@ -187,10 +188,13 @@ def scaling_config(cfg: Config):
                          resources_per_worker=resources)
 
 
-def worker_env(extra: dict[str, str] | None) -> dict[str, str]:
-    """Environment for the workers: llmft's test switches and thread settings pass through."""
+def worker_env(extra: dict[str, str] | None, *, cpu: bool = False) -> dict[str, str]:
+    """Environment for the workers: llmft's test switches and thread settings pass through; CPU
+    workers also get `allocator.CPU_WORKER_MALLOC`."""
     env = {k: v for k, v in os.environ.items() if k.startswith("LLMFT_") or k in ("TORCH_EXTENSIONS_DIR", "HF_HOME", "HF_HUB_OFFLINE")}
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if cpu:
+        env.update(cpu_worker_malloc())
     env.update(extra or {})
     return env
 

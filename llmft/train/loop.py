@@ -21,6 +21,7 @@ import torch
 from llmft.config import Config
 from llmft.data.batching import Rows, TokenizedExamples, pack_examples, plan_epoch, trained_tokens, worker_micro_batches
 from llmft.eval.prompts import GenerationInputs
+from llmft.train.allocator import malloc_settings_here
 from llmft.train.deepspeed import ENGINE_FILE, build_deepspeed_config, describe_engine, training_dtype
 from llmft.train.hooks import TraceAndFaultHooks
 from llmft.train.logger import MetricsLogger
@@ -188,7 +189,7 @@ def train_loop_per_worker(inputs: WorkerInput) -> None:
     global_step, epoch, skip = start.global_step, start.epoch, start.step_in_epoch
     logger = MetricsLogger(cfg, run_dir=inputs.run_dir, enabled=rank == 0, total_steps=total_steps,
                            resumed_at=global_step)
-    logger.write_json(ENGINE_FILE, describe_engine(engine))
+    logger.write_json(ENGINE_FILE, {**describe_engine(engine), "malloc": malloc_settings_here()})
     startup.mark(timeline, "resumed", memory)
 
     # ------------------------------------------------------------------ steps

@@ -79,6 +79,17 @@ def tree_state(samples: int) -> dict[str, Any]:
             "load_average_before": list(os.getloadavg()), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
+def with_worker_malloc() -> None:
+    """Re-run this benchmark under llmft's CPU-worker malloc settings (`llmft.train.allocator`), so
+    that its bare loops (in this process, and torchrun's children) allocate as llmft's workers do:
+    glibc reads them only when a process starts."""
+    from llmft.train.allocator import cpu_worker_malloc
+
+    wanted = cpu_worker_malloc()
+    if any(os.environ.get(name) != value for name, value in wanted.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **wanted})
+
+
 def interleaved(arms: dict[str, Callable[[], Any]], samples: int) -> dict[str, list[Any]]:
     """Run every arm `samples` times in round-robin order; results per arm, in run order."""
     results: dict[str, list[Any]] = {name: [] for name in arms}

@@ -10,7 +10,8 @@ schedule and clipping, one torch thread per process:
 - 2 processes on the 2 cores: a bare 2-process DDP loop (torchrun, gloo) against `llmft train`
   with 2 Ray workers under ZeRO-2 and ZeRO-3 (each rank trains 4 of the 8 rows).
 Time per trained token comes from per-step times (llmft's metrics.jsonl `step_time`); the first
-2 steps are warm-up and left out, so start-up is not in it. Overhead = median llmft time per
+2 steps are warm-up and left out, so start-up is not in it. The bare arms run with the malloc
+settings llmft gives its CPU workers (`llmft.train.allocator`), so allocation is alike. Overhead = median llmft time per
 trained token / median bare time per trained token. Goal: <= 1.10x for ZeRO-2 and ZeRO-3.
 The losses of the bare loop and of llmft should agree step by step: the largest difference is
 reported.
@@ -45,6 +46,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
     tree = common.check_tree(args)
+    common.with_worker_malloc()  # the bare arms allocate as llmft's workers do
 
     from llmft.config import load_config
 

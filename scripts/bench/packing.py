@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--grouped-steps", type=int, default=8)
     args = parser.parse_args()
     tree = common.check_tree(args)
+    common.with_worker_malloc()  # the bare arms allocate as llmft's workers do
 
     from llmft.config import load_config
 

@@ -19,6 +19,8 @@ TRL runs as a user runs it on one machine: one Python process with 2 torch threa
 (`SFTTrainer(...).train()`, then `save_model`). llmft runs `llmft train` as its CPU demo config
 does on 2 cores: 1 Ray worker x 2 threads at ZeRO stage 0 (one worker has nothing to shard), then
 exports the model, as the command does; `--llmft-workers 2 --llmft-stage 3` times the sharded path.
+llmft's worker runs with the malloc settings llmft gives CPU workers (`llmft.train.allocator`);
+TRL with glibc's defaults, as its users run it.
 Trained tokens/s: tokens whose next-token loss is trained, over the steps after the first
 (warm-up), from per-step times (llmft's metrics.jsonl; a TRL callback at each step's end).
 Validation loss: both trained models scored by one evaluator in this process (plain transformers
@@ -129,6 +131,7 @@ def main() -> None:
                   "micro_batch": MICRO_BATCH, "learning_rate": LR, "schedule": f"linear, {WARMUP} warm-up steps",
                   "llmft_workers": args.llmft_workers, "llmft_zero_stage": args.llmft_stage,
                   "trl": "SFTConfig(packing=True, packing_strategy='bfd' -> padding-free), 1 process, 2 threads",
+                  "malloc": "llmft's worker: llmft.train.allocator.CPU_WORKER_MALLOC; TRL: glibc defaults",
                   "valid_examples": VALID_EXAMPLES},
         "arms": figures, "samples": samples, "speedup": speed, "summary": summary}, tree=tree)
     print(f"\nsaved {path}")

@@ -38,6 +38,10 @@ def test_cli_trains_tiny_viggo_with_two_workers_and_zero3(tiny_model_dir, tmp_pa
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     # Training's collectives never use DeepSpeed's shm comm op: no worker builds or loads it.
     assert "deepspeed_shm_comm" not in done.stdout + done.stderr
+    # The workers ran with the CPU malloc settings (rank 0 records what its process has).
+    from llmft.train.allocator import CPU_WORKER_MALLOC
+
+    assert json.loads((tmp_path / "run" / "engine.json").read_text())["malloc"] == CPU_WORKER_MALLOC
     records = read_metrics(tmp_path / "run")
     losses = [r["train_loss"] for r in records if "train_loss" in r]
     assert len(losses) == 24

@@ -7,7 +7,8 @@ import pytest
 
 from llmft.config import Config
 from llmft.errors import LlmftError
-from llmft.train.driver import claim_run_folder, find_user_error, resolve_run
+from llmft.train.allocator import CPU_WORKER_MALLOC
+from llmft.train.driver import claim_run_folder, find_user_error, resolve_run, worker_env
 
 
 def config(out, run_name=None) -> Config:
@@ -52,3 +53,12 @@ def test_a_workers_user_error_reaches_the_user_whole():
     assert find_user_error(outer) == str(inner)
     assert find_user_error(RuntimeError("nothing of ours")) is None
 
+
+
+def test_cpu_workers_get_the_malloc_settings_and_the_users_own_values_win(monkeypatch):
+    for name in CPU_WORKER_MALLOC:
+        monkeypatch.delenv(name, raising=False)
+    assert {k: worker_env(None, cpu=True)[k] for k in CPU_WORKER_MALLOC} == CPU_WORKER_MALLOC
+    assert not set(CPU_WORKER_MALLOC) & set(worker_env(None, cpu=False))  # GPU workers keep glibc's defaults
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert worker_env(None, cpu=True)["MALLOC_MMAP_THRESHOLD_"] == "65536"
