@@ -93,9 +93,11 @@ def test_batch_split_and_zero_stage_do_not_change_the_training(ray_session, tiny
         for key in base_weights:
             torch.testing.assert_close(weights[key], base_weights[key], rtol=1e-3, atol=1e-4, msg=f"{name}: {key}")
     # The embedded cluster (one machine, gone with the command) starts no PreemptionWatcher actor.
+    import ray
     from ray.util.state import list_actors
 
-    started = {actor.class_name for actor in list_actors(limit=10_000)}
+    gcs = ray.get_runtime_context().gcs_address  # this cluster, not another Ray on the machine
+    started = {actor.class_name for actor in list_actors(address=gcs, limit=10_000)}
     assert "TrainController" in started and "PreemptionWatcher" not in started, started
 
 
