@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -329,6 +330,10 @@ def train_with_llmft(config: Path, overrides: list[str], *, label: str, poll_sec
         tail = "".join(log_path.read_text().splitlines(keepends=True)[-30:])
         raise RuntimeError(f"llmft train failed (exit {process.returncode}); log {log_path}:\n{tail}")
     records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    # A SmolLM2 checkpoint with its optimizer states is about 2 GB, and a suite trains dozens of
+    # runs: measured, they are only disk (an export, when asked for, stays).
+    for checkpoint in run_dir.glob("checkpoint_*"):
+        shutil.rmtree(checkpoint, ignore_errors=True)
     return TrainRun(records=records, first_step_seconds=first_step if first_step is not None else wall,
                     wall_seconds=wall, peak_rss_bytes=watcher.peak_rss, peak_anon_bytes=watcher.peak_anon,
                     log_path=str(log_path))
