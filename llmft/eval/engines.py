@@ -13,7 +13,7 @@ from typing import Any
 
 from llmft.config import Config
 from llmft.errors import LlmftError
-from llmft.eval.generate import Answer
+from llmft.eval.generate import Generated
 
 
 @dataclass
@@ -70,7 +70,7 @@ def check_runs_here(engine: str, cfg: Config) -> None:
 
 
 def generate(choice: EngineChoice, cfg: Config, prompts: list[str], batches: list[list[int]], *,
-             stop_token: str | None, max_new_tokens: int, seq_len: int) -> list[Answer]:
+             stop_token: str | None, max_new_tokens: int, seq_len: int) -> Generated:
     """Answers to `prompts`, in order, from the chosen engine (Ray must be up)."""
     if choice.name == "replicas":
         from llmft.eval.replicas import generate_with_replicas
@@ -79,10 +79,11 @@ def generate(choice: EngineChoice, cfg: Config, prompts: list[str], batches: lis
     if choice.name == "zero3":
         from llmft.eval.zero3 import generate_with_zero3
 
-        return generate_with_zero3(cfg, prompts, batches, stop_token=stop_token, max_new_tokens=max_new_tokens)
+        return Generated(generate_with_zero3(cfg, prompts, batches, stop_token=stop_token,
+                                             max_new_tokens=max_new_tokens))
     from llmft.eval.vllm import generate_with_vllm
 
     vllm = choice.plan["engines"]["vllm"] if choice.plan else {"gpus_per_replica": 1, "replicas": cfg.world_size}
-    return generate_with_vllm(cfg, prompts, stop_token=stop_token, max_new_tokens=max_new_tokens,
-                              tensor_parallel_size=vllm["gpus_per_replica"], replicas=vllm["replicas"],
-                              max_model_len=seq_len)
+    return Generated(generate_with_vllm(cfg, prompts, stop_token=stop_token, max_new_tokens=max_new_tokens,
+                                        tensor_parallel_size=vllm["gpus_per_replica"], replicas=vllm["replicas"],
+                                        max_model_len=seq_len))

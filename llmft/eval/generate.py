@@ -13,6 +13,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +37,16 @@ class Answer:
 
     text: str
     stop_reason: str
+
+
+@dataclass(frozen=True)
+class Generated:
+    """An engine's answers, in prompt order, and the time its busiest replica spent generating
+    them, when the engine can tell (the rest of an eval's generation time is starting Ray's
+    workers, loading the model and handing batches around)."""
+
+    answers: list[Answer]
+    decoding_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -152,16 +165,20 @@ class Replica:
         self.stopping = stopping_for(self.tokenizer, stop_token, self.model.generation_config)
         self.max_new_tokens = max_new_tokens
         self.sampling = sampling
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     def generate(self, prompts: list[str], streamer=None) -> list[Answer]:
         return generate_batch(self.model, self.tokenizer, prompts, self.stopping, self.max_new_tokens,
                               device=self.device, sampling=self.sampling, streamer=streamer)
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        """Ray Data: one row is one generation batch."""
+        """Ray Data: one row is one generation batch; it comes back with the answers, the replica
+        that made them and how long that took."""
+        started = time.perf_counter()
         answers = self.generate([str(prompt) for prompt in row["prompts"]])
         return {"indices": list(row["indices"]), "texts": [a.text for a in answers],
-                "stop_reasons": [a.stop_reason for a in answers]}
+                "stop_reasons": [a.stop_reason for a in answers],
+                "replica": self.name, "seconds": time.perf_counter() - started}
 
 
 @torch.no_grad()

@@ -6,12 +6,14 @@ The fastest engine when the model fits one device. Each Ray Data row is one gene
 
 from __future__ import annotations
 
+from typing import Any
+
 from llmft.config import Config
-from llmft.eval.generate import Answer, Replica
+from llmft.eval.generate import Answer, Generated, Replica
 
 
 def generate_with_replicas(cfg: Config, prompts: list[str], batches: list[list[int]], *, stop_token: str | None,
-                           max_new_tokens: int) -> list[Answer]:
+                           max_new_tokens: int) -> Generated:
     """Answers to `prompts`, in order, from `cfg.scaling.num_workers` whole-model replicas."""
     import logging
 
@@ -31,4 +33,13 @@ def generate_with_replicas(cfg: Config, prompts: list[str], batches: list[list[i
     ).take_all()
     answers = {int(i): Answer(str(text), str(reason)) for row in results
                for i, text, reason in zip(row["indices"], row["texts"], row["stop_reasons"])}
-    return [answers[i] for i in range(len(prompts))]
+    return Generated([answers[i] for i in range(len(prompts))], decoding_seconds=busiest_replica_seconds(results))
+
+
+def busiest_replica_seconds(rows: list[dict[str, Any]]) -> float:
+    """The longest any one replica spent generating: replicas generate side by side, each its
+    batches one after another."""
+    per_replica: dict[str, float] = {}
+    for row in rows:
+        per_replica[row["replica"]] = per_replica.get(row["replica"], 0.0) + float(row["seconds"])
+    return max(per_replica.values(), default=0.0)

@@ -61,9 +61,10 @@ def run_eval(cfg: Config, *, model: str | None, split: str, limit: int | None, f
     print(f"llmft: eval engine {choice.name}" + (" (auto)" if choice.requested == "auto" else "")
           + f", {cfg.world_size} workers, {len(batches)} batches of up to {cfg.eval.batch_size}", flush=True)
     started = time.perf_counter()
-    answers = engines.generate(choice, cfg, prompts, batches, stop_token=task_stop_token(tokenizer, task),
-                               max_new_tokens=max_new_tokens, seq_len=seq_len)
+    generated = engines.generate(choice, cfg, prompts, batches, stop_token=task_stop_token(tokenizer, task),
+                                 max_new_tokens=max_new_tokens, seq_len=seq_len)
     seconds = time.perf_counter() - started
+    answers, decoding = generated.answers, generated.decoding_seconds
 
     # -- score and write
     predictions = [answer.text for answer in answers]
@@ -76,7 +77,11 @@ def run_eval(cfg: Config, *, model: str | None, split: str, limit: int | None, f
         "stop_reasons": {reason: sum(a.stop_reason == reason for a in answers) for reason in STOP_REASONS},
         "data_hash": source_fingerprint(cfg, split), "config": cfg.model_dump(mode="json"),
         "predictions_file": storage.basename(predictions_path),
+        # `seconds` is from handing the prompts to Ray to the last answer: the workers' start and
+        # the model load are in it. `decoding_seconds` is the busiest replica's generating alone.
         "generation": {"seconds": seconds, "examples_per_second": len(examples) / max(seconds, 1e-9),
+                       "decoding_seconds": decoding,
+                       "decoding_examples_per_second": len(examples) / max(decoding, 1e-9) if decoding else None,
                        "engine_requested": choice.requested, "max_new_tokens": max_new_tokens,
                        "workers": cfg.world_size, "batch_size": cfg.eval.batch_size},
     }

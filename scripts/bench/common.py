@@ -42,10 +42,9 @@ TINY_LLAMA_DIR = REPO / ".cache" / "tiny-llama"
 SMOLLM2_DIR = REPO / ".cache" / "models" / "smollm2-135m"
 TINY_CONFIG = REPO / "configs" / "viggo" / "tiny-cpu.yaml"
 SMOLLM2_CONFIG = REPO / "configs" / "viggo" / "smollm2-cpu.yaml"
-SHARED_MACHINE_NOTE = ("2 cores shared with other engineers' work: each run took the machine-wide lock "
-                       "for heavy jobs, but processes outside it may still have run (see the load "
-                       "averages). Arms are interleaved, so load hits them alike; ratios of medians "
-                       "are steadier than the absolute figures.")
+SHARED_MACHINE_NOTE = ("2 cores: anything running beside a benchmark slows it, and the load averages "
+                       "(1 min, before -> after) show whether anything did. Arms are interleaved, so such "
+                       "load hits them alike; ratios of medians are steadier than the absolute figures.")
 GIB = 1024 ** 3
 MIN_SAMPLES = 3
 

@@ -7,7 +7,9 @@ Runs `llmft eval configs/viggo/smollm2-cpu.yaml --limit N` as a user does (embed
 default `--batch-size 16` and once with `--batch-size 1`, interleaved. The figure is examples per
 second as `llmft eval` reports it in its results (`generation.examples_per_second`: from the
 start of generation on Ray, model replicas' start-up included, to the last answer); the whole
-command's wall time is recorded too. Both modes must give the same answers (greedy decoding).
+command's wall time is recorded too, and as a breakdown the replica's own decoding time
+(`generation.decoding_seconds`) and the rest of the generation time (Ray Data, the replica's
+start, the model load), which batching does not change. Both modes must give the same answers (greedy decoding).
 The model is a fine-tune of the demo when one exists under outputs/demo/runs, else
 SmolLM2-135M-Instruct with 3 solved examples in each prompt (a few-shot baseline).
 Goal: batched >= 4x one at a time.
@@ -56,19 +58,27 @@ def main() -> None:
                        for line in out.with_suffix(".predictions.jsonl").read_text().splitlines()]
         return {"examples_per_second": results["generation"]["examples_per_second"],
                 "replicas": results["generation"]["workers"],
-                "generation_seconds": results["generation"]["seconds"], "wall_seconds": wall,
+                "generation_seconds": results["generation"]["seconds"],
+                "decoding_seconds": results["generation"]["decoding_seconds"],
+                "decoding_examples_per_second": results["generation"]["decoding_examples_per_second"],
+                "wall_seconds": wall,
                 "predictions": predictions, "results": str(out)}
 
     samples = common.interleaved({f"batch {args.batch_size}": lambda: run(args.batch_size),
                                   "one at a time (batch 1)": lambda: run(1)}, args.samples)
     batched, single = samples[f"batch {args.batch_size}"], samples["one at a time (batch 1)"]
     figures = {name: {key: common.spread([s[key] for s in runs])
-                      for key in ("examples_per_second", "generation_seconds", "wall_seconds")}
+                      for key in ("examples_per_second", "generation_seconds", "decoding_seconds",
+                                  "decoding_examples_per_second", "wall_seconds")}
                for name, runs in samples.items()}
     speedup = common.ratio_of_medians(figures[f"batch {args.batch_size}"]["examples_per_second"],
                                       figures["one at a time (batch 1)"]["examples_per_second"])
     wall = common.ratio_of_medians(figures["one at a time (batch 1)"]["wall_seconds"],
                                    figures[f"batch {args.batch_size}"]["wall_seconds"])
+    decoding = common.ratio_of_medians(figures[f"batch {args.batch_size}"]["decoding_examples_per_second"],
+                                       figures["one at a time (batch 1)"]["decoding_examples_per_second"])
+    outside = {name: common.spread([s["generation_seconds"] - s["decoding_seconds"] for s in runs])
+               for name, runs in samples.items()}
     same = sum(a == b for a, b in zip(batched[0]["predictions"], single[0]["predictions"])) / args.examples
     common.print_table(["mode", "examples/s", "whole command s"],
                        [[name, common.fmt_spread(f["examples_per_second"]), common.fmt_spread(f["wall_seconds"], "{:.0f}")]
@@ -78,13 +88,19 @@ def main() -> None:
                            f"{few_shot}-shot, {args.examples} ViGGO test prompts, "
                            f"{batched[0]['replicas']} Ray Data replica(s))",
                            f"{speedup:.1f}x (whole command: {wall:.1f}x)", f">= {GOAL:.0f}x", speedup >= GOAL),
+        common.summary_row("breakdown: decoding alone, batched / one at a time, examples/s (the replica's own "
+                           "generate calls; generation time outside them, in Ray Data, the replica's start "
+                           "and model load: " + ", ".join(f"{name} {common.fmt_spread(o, '{:.1f}')} s"
+                                                          for name, o in outside.items()) + ")",
+                           f"{decoding:.1f}x"),
         common.summary_row("batched answers identical to one-at-a-time answers", f"{same:.0%}"),
     ]
     path = common.write_result("eval_throughput", {
         "setup": {"model": str(model), "few_shot": few_shot, "examples": args.examples, "data": "sample:viggo@test",
                   "command": "llmft eval configs/viggo/smollm2-cpu.yaml --model M --limit N --batch-size B",
                   "warmup": "none: every run is a fresh command, as a user runs it"},
-        "arms": figures, "speedup": speedup, "wall_speedup": wall, "identical_answers": same,
+        "arms": figures, "speedup": speedup, "wall_speedup": wall, "decoding_speedup": decoding,
+        "seconds_outside_decoding": outside, "identical_answers": same,
         "summary": summary}, tree=tree)
     print(f"\nsaved {path}")
 

@@ -70,6 +70,12 @@ def test_tiny_model_same_answers_on_replicas_and_zero3(tiny_runs):
         assert results["stop_reasons"] == {reason: sum(r == reason for _, r in answers(replicas_file))
                                            for reason in ("stop_token", "eos", "max_tokens")}
     assert zero3["data_hash"] == replicas["data_hash"]
+    # The replicas engine times its own generate calls, which are inside the eval's generation time
+    # (Ray's workers starting and the model loads are not); the zero3 engine does not tell.
+    generation = replicas["generation"]
+    assert 0 < generation["decoding_seconds"] < generation["seconds"]
+    assert generation["decoding_examples_per_second"] == pytest.approx(7 / generation["decoding_seconds"])
+    assert zero3["generation"]["decoding_seconds"] is None
 
 
 def test_smollm2_same_answers_on_replicas_and_zero3(ray_session, smollm2_dir, tmp_path):
