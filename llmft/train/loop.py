@@ -22,7 +22,13 @@ from llmft.config import Config
 from llmft.data.batching import Rows, TokenizedExamples, pack_examples, plan_epoch, trained_tokens, worker_micro_batches
 from llmft.eval.prompts import GenerationInputs
 from llmft.train.allocator import malloc_settings_here
-from llmft.train.deepspeed import ENGINE_FILE, build_deepspeed_config, describe_engine, training_dtype
+from llmft.train.deepspeed import (
+    ENGINE_FILE,
+    build_deepspeed_config,
+    describe_engine,
+    skip_single_rank_allreduce,
+    training_dtype,
+)
 from llmft.train.hooks import TraceAndFaultHooks
 from llmft.train.logger import MetricsLogger
 from llmft.train.loss import forward_loss, loss_scale, use_output_projection
@@ -176,6 +182,7 @@ def train_loop_per_worker(inputs: WorkerInput) -> None:
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, total_steps)),
         config=ds_config,
     )
+    skip_single_rank_allreduce(engine)  # one rank: averaging gradients with itself is the identity
     # from_pretrained returns the model in eval mode, and dropout and gradient checkpointing act
     # only in train mode.
     engine.train()
