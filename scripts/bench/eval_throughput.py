@@ -84,7 +84,7 @@ def main() -> None:
                        [[name, common.fmt_spread(f["examples_per_second"]), common.fmt_spread(f["wall_seconds"], "{:.0f}")]
                         for name, f in figures.items()])
     summary = [
-        common.summary_row(f"`llmft eval` batched ({args.batch_size}) / one at a time, examples/s (SmolLM2-135M, "
+        common.summary_row(f"`llmft eval` batched ({args.batch_size}) / one at a time, examples/s ({model_label(model)}, "
                            f"{few_shot}-shot, {args.examples} ViGGO test prompts, "
                            f"{batched[0]['replicas']} Ray Data replica(s))",
                            f"{speedup:.1f}x (whole command: {wall:.1f}x)", f">= {GOAL:.0f}x", speedup >= GOAL),
@@ -103,6 +103,14 @@ def main() -> None:
         "seconds_outside_decoding": outside, "identical_answers": same,
         "summary": summary}, tree=tree)
     print(f"\nsaved {path}")
+
+
+def model_label(model: Path) -> str:
+    """How the results name the model: an llmft export (the demo's fine-tune) or the base model."""
+    if model.name != "model":
+        return "SmolLM2-135M base model"
+    shown = model.relative_to(common.REPO) if model.is_relative_to(common.REPO) else model
+    return f"fine-tuned SmolLM2-135M ({shown})"
 
 
 def resolve_model(model: str | None) -> tuple[Path, int]:
