@@ -81,7 +81,7 @@ def run_eval(cfg: Config, *, model: str | None, split: str, limit: int | None, f
         # the model load are in it. `decoding_seconds` is the busiest replica's generating alone.
         "generation": {"seconds": seconds, "examples_per_second": len(examples) / max(seconds, 1e-9),
                        "decoding_seconds": decoding,
-                       "decoding_examples_per_second": len(examples) / max(decoding, 1e-9) if decoding else None,
+                       "decoding_examples_per_second": len(examples) / decoding if decoding else None,
                        "engine_requested": choice.requested, "max_new_tokens": max_new_tokens,
                        "workers": cfg.world_size, "batch_size": cfg.eval.batch_size},
     }

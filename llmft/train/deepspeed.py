@@ -158,8 +158,9 @@ def skip_single_rank_allreduce(engine) -> bool:
     """Turn off the gradient all-reduce of a 1-rank, unsharded (stage 0), 32-bit engine; True if done.
 
     DeepSpeed runs it at every accumulation boundary whatever the world size: it flattens every
-    gradient into one buffer, all-reduces the buffer with itself and copies it back (about 8% of
-    a SmolLM2-135M step on 2 CPU threads). With one rank that is the identity. Stages 1-3 move
+    gradient into one buffer, all-reduces the buffer with itself and copies it back. With one rank
+    that is the identity; skipping it took SmolLM2-135M's peak (1 worker, 2 CPU threads) from 4.30
+    to 4.03 GiB and its step time down about 2%. Stages 1-3 move
     gradients into their partitions in the same call, and the 16-bit optimizers hook into it, so
     those engines keep it."""
     if engine.world_size != 1 or engine.zero_optimization_stage() != 0 or engine.bfloat16_enabled() or engine.fp16_enabled():

@@ -16,17 +16,28 @@ from tests.support.batches import random_examples
 pytestmark = pytest.mark.e2e
 
 
+def save_tiny_llama(folder: Path) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=2, num_key_value_heads=2)).save_pretrained(folder)
+    return folder
+
+
+def load(folder: Path):
+    from transformers import LlamaForCausalLM
+
+    return LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32)
+
+
 def test_one_rank_at_stage_0_steps_without_all_reduce_and_equals_plain_pytorch(tmp_path: Path, single_process_group,
                                                                              monkeypatch) -> None:
     import deepspeed
     import deepspeed.comm as ds_comm
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=2, num_key_value_heads=2)).save_pretrained(tmp_path)
-    reference = LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
-    model = LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    folder = save_tiny_llama(tmp_path)
+    reference, model = load(folder), load(folder)
     use_output_projection(model)
     ds_config = {"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2, "train_batch_size": 8,
                  "zero_optimization": {"stage": 0}, "gradient_clipping": 0.0}
@@ -34,10 +45,16 @@ def test_one_rank_at_stage_0_steps_without_all_reduce_and_equals_plain_pytorch(t
                                       config=ds_config)
     assert skip_single_rank_allreduce(engine)
 
-    collectives = []
+    collectives = []  # each call still runs DeepSpeed's real collective; it is only recorded
+
+    def recorded(name, collective):
+        def call(*args, **kwargs):
+            collectives.append(name)
+            return collective(*args, **kwargs)
+        return call
+
     for name in ("all_reduce", "all_reduce_coalesced", "inference_all_reduce"):
-        original = getattr(ds_comm, name)
-        monkeypatch.setattr(ds_comm, name, lambda *a, _f=original, _n=name, **k: (collectives.append(_n), _f(*a, **k))[1])
+        monkeypatch.setattr(ds_comm, name, recorded(name, getattr(ds_comm, name)))
     data = random_examples(8, seed=1)
     cpu = torch.device("cpu")
     for _ in range(2):
@@ -58,11 +75,8 @@ def test_one_rank_at_stage_0_steps_without_all_reduce_and_equals_plain_pytorch(t
 
 def test_a_sharded_stage_keeps_it(tmp_path: Path, single_process_group) -> None:
     import deepspeed
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=2, num_key_value_heads=2)).save_pretrained(tmp_path)
-    model = LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    model = load(save_tiny_llama(tmp_path))
     engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=1.0), config={
         "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2, "train_batch_size": 8,
         "zero_optimization": {"stage": 2}, "zero_allow_untested_optimizer": True, "zero_force_ds_cpu_optimizer": False})
